@@ -1,0 +1,61 @@
+#!/usr/bin/env python
+"""Download Kuzushiji-MNIST, Kuzushiji-49 or Kuzushiji-Kanji, verified against the official md5 checksums.
+
+With no arguments in a terminal it asks, like the dataset's own script (github.com/rois-codh/kmnist).
+Examples:
+    python scripts/download_data.py --dataset kmnist --format npz
+    python scripts/download_data.py --dataset kmnist --mirror /path/to/classroom/copy
+    python scripts/download_data.py --list
+"""
+import argparse, sys
+
+import helpers as h
+
+
+def ask(question, options):
+    "The original script's menu: numbered options, repeat until a valid answer."
+    print(question)
+    for i, (_, text) in enumerate(options, 1): print(f'{i}) {text}')
+    while True:
+        a = input('> ').strip()
+        if a.isdigit() and 1 <= int(a) <= len(options): return options[int(a) - 1][0]
+        print(f'Please answer with a number from 1 to {len(options)}.')
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n', 1)[1])
+    p.add_argument('--dataset', choices=list(h.FILES))
+    p.add_argument('--format', dest='fmt', choices=['npz', 'mnist'],
+                   help='npz (default) or mnist (idx .gz files, kmnist only); kkanji is one tar')
+    p.add_argument('--dest', help='folder to download into (default: data/<dataset>)')
+    p.add_argument('--mirror', help=f'a base URL or a local folder holding the same file names; only it is used '
+                                    f'(or set {h.MIRROR_ENV})')
+    p.add_argument('--list', action='store_true', help='list datasets, formats, files and checksums, then stop')
+    p.add_argument('--force', action='store_true', help='download again even if a verified file is present')
+    a = p.parse_args(argv)
+    if a.list:
+        h.list_files(a.dataset); return 0
+    if a.dataset is None:
+        if sys.stdin.isatty():
+            a.dataset = ask('Please select the download dataset:', [(k, v) for k, v in h.DESCRIPTIONS.items()])
+            if a.dataset != 'kkanji' and a.fmt is None and len(h.FILES[a.dataset]) > 1:
+                a.fmt = ask('Please select the download format:', [(k, h.FORMATS[k]) for k in h.FILES[a.dataset]])
+        else:
+            a.dataset = 'kmnist'
+            print('No --dataset given and no terminal to ask in: downloading kmnist (see --help).')
+    fmt = None if a.dataset == 'kkanji' else a.fmt
+    try:
+        h.dataset_files(a.dataset, fmt)
+        print(f'{h.DESCRIPTIONS[a.dataset]}, {h.FORMATS[fmt or next(iter(h.FILES[a.dataset]))]}')
+        dest = h.download(a.dataset, fmt, dest=a.dest, mirror=a.mirror, force=a.force)
+    except (h.DownloadError, ValueError) as e:
+        print(f'\nerror: {e}', file=sys.stderr); return 1
+    except KeyboardInterrupt:
+        print('\nInterrupted: run the same command again to resume where it stopped.', file=sys.stderr); return 130
+    print(f'Done: {dest}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
