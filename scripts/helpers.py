@@ -12,7 +12,7 @@ and the machinery is written (and tested) once. Sections:
 """
 from __future__ import annotations
 
-import csv, gzip, hashlib, http.client, json, os, random, shutil, socket, sys, tarfile, time
+import csv, gzip, hashlib, http.client, json, os, random, shutil, socket, sys, tarfile, time, zlib
 import urllib.error, urllib.request
 from pathlib import Path
 
@@ -141,7 +141,8 @@ def _fetch(url, part: Path, timeout: float, retries: int, quiet: bool):
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 if have and r.status != 206: have = 0  # the server ignored Range: start again
                 total = r.length + have if r.length is not None else None
-                t0, done, last = time.time(), have, 0.
+                t0, done = time.time(), have
+                last = t0  # first update after 0.5 s: small files print one line only
                 with open(part, 'ab' if have else 'wb') as f:
                     while chunk := r.read(1 << 16):
                         f.write(chunk); done += len(chunk)
@@ -156,6 +157,9 @@ def _fetch(url, part: Path, timeout: float, retries: int, quiet: bool):
             err = e
         # A plain URLError (refused, no such host, connect timeout) propagates: try the next mirror.
         except (http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError) as e:
+            got = (part.stat().st_size if part.exists() else 0) - have
+            if isinstance(e, (socket.timeout, TimeoutError)) and got <= 0:
+                raise urllib.error.URLError(f'no answer within {timeout:g}s (timed out)') from e  # silent host: next mirror
             err = e  # broke off mid-transfer: resume from what we have
         if attempt < retries:
             wait = 0.5 * 2 ** attempt
@@ -164,7 +168,7 @@ def _fetch(url, part: Path, timeout: float, retries: int, quiet: bool):
     raise err
 
 
-def download_file(name, md5, dest, mirror=None, dataset='kmnist', force=False, timeout=10., retries=3,
+def download_file(name, md5, dest, mirror=None, dataset='kmnist', force=False, timeout=8., retries=3,
                   quiet=False) -> Path:
     """Fetch one file into `dest`, verified. A verified file already there is kept. The download goes
     to `<name>.part` and takes its final name only once its md5 matches."""
@@ -228,8 +232,11 @@ def extract_tar(tar_path, dest, quiet=False) -> Path:
     """Extract a tar safely: refuse absolute paths, `..`, links and devices before anything is written,
     extract into a temporary folder and move the result in place only when all went well."""
     tar_path, dest = Path(tar_path), Path(dest)
+    try:
+        with tarfile.open(tar_path) as tf: members = tf.getmembers()
+    except tarfile.TarError as e:
+        raise DownloadError(f'{tar_path.name} is not a readable tar ({e}): delete it and download again.') from e
     with tarfile.open(tar_path) as tf:
-        members = tf.getmembers()
         for m in members:
             parts = Path(m.name).parts
             if m.name.startswith(('/', '\\')) or Path(m.name).is_absolute() or '..' in parts:
@@ -237,7 +244,7 @@ def extract_tar(tar_path, dest, quiet=False) -> Path:
             if not (m.isfile() or m.isdir()):
                 raise DownloadError(f'{tar_path.name}: refusing {m.name!r} (a link or special file); '
                                     f'the archive was not extracted.')
-        tops = sorted({Path(m.name).parts[0] for m in members})
+        tops = sorted({Path(m.name).parts[0] for m in members if Path(m.name).parts})  # a '.' member has none
         if all((dest / t).exists() for t in tops):
             if not quiet: print(f'  {tar_path.name}: already extracted')
             return dest
@@ -296,7 +303,7 @@ def load_idx(path):
     if not path.exists(): raise FileNotFoundError(f'{path} not found: run scripts/download_data.py first.')
     try:
         with (gzip.open if path.suffix == '.gz' else open)(path, 'rb') as f: data = f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise DataFormatError(f'{path}: cannot be read ({e}); it may be truncated: delete it and download again.') from e
     if len(data) < 8 or data[:2] != b'\0\0' or data[2] != 8:
         raise DataFormatError(f'{path}: not an MNIST idx file of unsigned bytes.')
@@ -381,7 +388,7 @@ def char_augment(size=None):
                           pad_mode='zeros')
 
 
-def _stats(x):
+def image_stats(x):
     "Mean and std of uint8 images scaled to [0, 1] (from the training split only)."
     x = torch.as_tensor(x[:20000]).float().div_(255)
     return x.mean().item(), x.std().item()
@@ -469,7 +476,7 @@ def kmnist_dls(train, classes, test=None, way='tensor', valid_pct=0.1, seed=42, 
     The official test set is never part of these: make it with `test_dl(dls, test)` for the final score."""
     x, y = train
     t_idx, v_idx = split_indices(len(x), valid_pct, seed)
-    mean, std = _stats(x[t_idx])
+    mean, std = image_stats(x[t_idx])
     after = [IntToFloatTensor(), *(char_augment(size) if augment else []), Normalize.from_stats(mean, std, cuda=False)]
     device = device or default_device()
     if way == 'tensor':
@@ -542,8 +549,44 @@ def show_examples(x, y, classes, n=8, seed=0, save=None):
     return fig
 
 
-def class_counts(y, classes):
-    "A table (pandas DataFrame) of how many examples each class has."
+def class_counts(classes, **splits):
+    "A table of how many examples each class has in each split: `class_counts(classes, train=y, test=y_test)`."
     import pandas as pd
-    counts = np.bincount(y, minlength=len(classes))
-    return pd.DataFrame({'char': classes, 'romaji': [ROMAJI.get(c, '') for c in classes], 'count': counts})
+    df = pd.DataFrame({'char': classes, 'romaji': [ROMAJI.get(c, '') for c in classes]})
+    for name, y in splits.items(): df[name] = np.bincount(y, minlength=len(classes))
+    return df
+
+
+def file_table(folder, dataset='kmnist', fmt=None):
+    "The downloaded files with their size, md5 and whether it matches the official one."
+    import pandas as pd
+    md5s = {**dict(dataset_files(dataset, fmt)), **_md5_table()}
+    rows = [(n, Path(folder, n).stat().st_size, md5sum(Path(folder, n)), md5s[n]) for n, _ in dataset_files(dataset, fmt)]
+    df = pd.DataFrame(rows, columns=['file', 'bytes', 'md5', 'expected md5'])
+    df['verified'] = df['md5'] == df['expected md5']
+    return df
+
+
+def plot_class_balance(splits: dict, classes):
+    "Side-by-side bars of examples per class for each split, e.g. `{'train': y_train, 'valid': y_valid}`."
+    import matplotlib.pyplot as plt
+    japanese_font()
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    w = 0.8 / len(splits)
+    for i, (name, y) in enumerate(splits.items()):
+        ax.bar(np.arange(len(classes)) + i * w, np.bincount(y, minlength=len(classes)), w, label=name)
+    ax.set_xticks(np.arange(len(classes)) + w * (len(splits) - 1) / 2, [label_name(c) for c in classes], fontsize=12)
+    ax.set_ylabel('examples'); ax.legend(loc='lower center', bbox_to_anchor=(0.5, 1.0), ncols=len(splits), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def device_name():
+    "The GPU's name, or the CPU's model name, for reports."
+    if torch.cuda.is_available(): return torch.cuda.get_device_name(0)
+    try:
+        for line in open('/proc/cpuinfo'):
+            if line.startswith('model name'): return line.split(':', 1)[1].strip()
+    except OSError: pass
+    import platform
+    return platform.processor() or platform.machine()

@@ -1,0 +1,38 @@
+#!/usr/bin/env python
+"""Images per second of the KMNIST DataLoaders alone (no model), for each way of building them.
+
+    python scripts/benchmark_loaders.py --data data/kmnist [--out results/loaders.json]
+
+The DataBlock way makes one PIL image per item; the tensor way slices whole batches from one tensor.
+Augmentation runs on the loader's device (the GPU when there is one), so it is timed separately."""
+import argparse, json, os, platform, sys
+
+import torch
+
+import helpers as h
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--data', default=None, help='folder with the KMNIST files (default data/kmnist)')
+    p.add_argument('--bs', type=int, default=128)
+    p.add_argument('--batches', type=int, default=50)
+    p.add_argument('--out')
+    a = p.parse_args(argv)
+    (x, y), _, classes = h.load_arrays(a.data)
+    res = {'device': h.device_name(), 'cpu_cores': os.cpu_count(), 'bs': a.bs, 'images_per_second': {}}
+    for augment in (False, True):
+        for way in ('datablock', 'tensor'):
+            dl = h.kmnist_dls((x, y), classes, way=way, bs=a.bs, augment=augment).train
+            n = a.batches if way == 'tensor' else max(5, a.batches // 5)
+            key = f'{way}{"+augment" if augment else ""}'
+            res['images_per_second'][key] = round(h.benchmark_loader(dl, n_batches=n))
+            print(f'{key:20s} {res["images_per_second"][key]:>10,} images/s', flush=True)
+    print(f'on {res["device"]}, {res["cpu_cores"]} CPU cores')
+    if a.out:
+        os.makedirs(os.path.dirname(a.out) or '.', exist_ok=True)
+        json.dump(res, open(a.out, 'w'), indent=1)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
