@@ -27,7 +27,7 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n', 1)[1])
     p.add_argument('--dataset', choices=list(h.FILES))
     p.add_argument('--format', dest='fmt', choices=['npz', 'mnist'],
-                   help='npz (default) or mnist (idx .gz files, kmnist only); kkanji is one tar')
+                   help='npz (default) or mnist (idx .gz files, kmnist only); kkanji is one tar, calligraphy one zip')
     p.add_argument('--dest', help='folder to download into (default: data/<dataset>)')
     p.add_argument('--mirror', help=f'a base URL or a local folder holding the same file names; only it is used '
                                     f'(or set {h.MIRROR_ENV})')
@@ -39,12 +39,12 @@ def main(argv=None):
     if a.dataset is None:
         if sys.stdin.isatty():
             a.dataset = ask('Please select the download dataset:', [(k, v) for k, v in h.DESCRIPTIONS.items()])
-            if a.dataset != 'kkanji' and a.fmt is None and len(h.FILES[a.dataset]) > 1:
+            if a.fmt is None and len(h.FILES[a.dataset]) > 1:
                 a.fmt = ask('Please select the download format:', [(k, h.FORMATS[k]) for k in h.FILES[a.dataset]])
         else:
             a.dataset = 'kmnist'
             print('No --dataset given and no terminal to ask in: downloading kmnist (see --help).')
-    fmt = None if a.dataset == 'kkanji' else a.fmt
+    fmt = a.fmt
     try:
         h.dataset_files(a.dataset, fmt)
         print(f'{h.DESCRIPTIONS[a.dataset]}, {h.FORMATS[fmt or next(iter(h.FILES[a.dataset]))]}')

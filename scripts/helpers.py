@@ -48,6 +48,15 @@ OFFICIAL_URL = 'http://codh.rois.ac.jp/kmnist/dataset/{dataset}/'
 # host exists; we try the same host over https too, then tell the user how to use `--mirror`.
 KNOWN_MIRRORS = [OFFICIAL_URL, 'https://codh.rois.ac.jp/kmnist/dataset/{dataset}/']
 MIRROR_ENV = 'KUZUSHIJI_MIRROR'
+# The calligraphy article's own data: GitHub's archive of a pinned commit (about 0.5 GB, no published checksum).
+CALLIGRAPHY_REPO = 'https://github.com/wayofnumbers/chinese-calligraphy-classifier-fastai'
+CALLIGRAPHY_COMMIT = '8f754674772bd9b9631795e7e42d37717c37e52d'
+CALLIGRAPHY_ZIP = f'{CALLIGRAPHY_COMMIT}.zip'
+CALLIGRAPHY_URL = f'{CALLIGRAPHY_REPO}/archive/{CALLIGRAPHY_ZIP}'
+CALLIGRAPHY_CLASSES = ('kaishu', 'lishu', 'xiaozhuan')
+CALLIGRAPHY_NAMES = {'kaishu': ('楷书', 'regular script'), 'lishu': ('隶书', 'clerical script'),
+                     'xiaozhuan': ('小篆', 'small seal script')}
+HOSTS = {'calligraphy': [f'{CALLIGRAPHY_REPO}/archive/']}  # every other dataset: KNOWN_MIRRORS
 
 # dataset -> format -> [(file name, official md5 or None)]
 FILES = {
@@ -72,13 +81,16 @@ FILES = {
     },
     # One tar of PNG folders (kkanji2/U+XXXX/*.png). No official checksum is published for it.
     'kkanji': {'tar': [('kkanji.tar', None)]},
+    'calligraphy': {'zip': [(CALLIGRAPHY_ZIP, None)]},
 }
 DESCRIPTIONS = {
     'kmnist': 'Kuzushiji-MNIST (10 classes, 28x28, 70k examples)',
     'k49': 'Kuzushiji-49 (49 classes, 28x28, 270k examples)',
     'kkanji': 'Kuzushiji-Kanji (3832 classes, 64x64, 140k examples, about 310 MB)',
+    'calligraphy': 'Chinese calligraphy styles (3 classes, web images, about 0.5 GB zip; notebook 05)',
 }
-FORMATS = {'npz': 'NumPy data format (.npz)', 'mnist': 'MNIST data format (ubyte.gz)', 'tar': 'tar of PNG folders'}
+FORMATS = {'npz': 'NumPy data format (.npz)', 'mnist': 'MNIST data format (ubyte.gz)', 'tar': 'tar of PNG folders',
+           'zip': 'zip of image folders'}
 ROMAJI = dict(zip('あいうえおかきくけこさしすせそたちつてとなにぬねのはひふへほまみむめもやゆよらりるれろわゐゑをんゝ',
                   'a i u e o ka ki ku ke ko sa shi su se so ta chi tsu te to na ni nu ne no ha hi fu he ho '
                   'ma mi mu me mo ya yu yo ra ri ru re ro wa wi we wo n (repeat)'.split()))
@@ -115,7 +127,7 @@ def _mirror_bases(dataset, mirror=None) -> list[str]:
     "Where to look, in order: the user's mirror alone if given (argument or env var), else the known ones."
     mirror = mirror or os.environ.get(MIRROR_ENV)
     if mirror: return [str(mirror)]
-    return [m.format(dataset=dataset) for m in KNOWN_MIRRORS]
+    return HOSTS.get(dataset) or [m.format(dataset=dataset) for m in KNOWN_MIRRORS]
 
 
 def _size(n): return f'{n / 1e6:.1f} MB' if n >= 1e5 else f'{n / 1e3:.1f} kB'
@@ -207,7 +219,7 @@ def download_file(name, md5, dest, mirror=None, dataset='kmnist', force=False, t
         f"Could not download {name}.\n  " + '\n  '.join(errors) +
         f"\nWhat to do: download the file by hand (or from a classroom copy) into a folder, then run\n"
         f"  python scripts/download_data.py --dataset {dataset} --mirror FOLDER_OR_URL\n"
-        f"(or set {MIRROR_ENV}=FOLDER_OR_URL). Official files: {OFFICIAL_URL.format(dataset=dataset)}")
+        f"(or set {MIRROR_ENV}=FOLDER_OR_URL). Official files: {(HOSTS.get(dataset) or [OFFICIAL_URL.format(dataset=dataset)])[0]}")
 
 
 def _md5_table() -> dict:
@@ -216,15 +228,23 @@ def _md5_table() -> dict:
     return json.loads(Path(p).read_text()) if p else {}
 
 
-def download(dataset='kmnist', fmt=None, dest=None, mirror=None, force=False, md5s=None, quiet=False, **kwargs) -> Path:
+def download(dataset='kmnist', fmt=None, dest=None, mirror=None, force=False, md5s=None, quiet=False, max_side=384,
+             **kwargs) -> Path:
     """Download every file of `dataset` in format `fmt` into `dest` (default `data/<dataset>`), each one
-    verified against its official md5 (or `md5s`, a `{name: md5}` table). Returns the folder."""
+    verified against its official md5 (or `md5s`, a `{name: md5}` table). Returns the folder. Calligraphy is
+    also extracted and cleaned (`prepare`, images' shorter side at most `max_side`): its prepared folder is returned."""
     dest = Path(dest) if dest else DATA_DIR / dataset
+    if dataset == 'calligraphy' and (dest / 'prepared' / 'manifest.csv').exists() and not force:
+        if not quiet: print(f'  calligraphy: already prepared in {dest / "prepared"}')
+        return dest / 'prepared'
     md5s = {**_md5_table(), **(md5s or {})}
     for name, md5 in dataset_files(dataset, fmt):
         download_file(name, md5s.get(name, md5), dest, mirror=mirror, dataset=dataset, force=force,
                       quiet=quiet, **kwargs)
     if dataset == 'kkanji': extract_tar(dest / 'kkanji.tar', dest, quiet=quiet)
+    if dataset == 'calligraphy':
+        extract_zip(dest / CALLIGRAPHY_ZIP, dest / 'raw', force=force, quiet=quiet)
+        return prepare(dest / 'raw', dest / 'prepared', max_side=max_side, force=force, quiet=quiet)['path']
     return dest
 
 
@@ -590,3 +610,537 @@ def device_name():
     except OSError: pass
     import platform
     return platform.processor() or platform.machine()
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Training: learning rates, learners, W&B, presets, one reproducible run
+# ---------------------------------------------------------------------------------------------
+from fastai.vision.all import (Callback, ConvLayer, Flatten, Learner, ResBlock, accuracy, error_rate, get_c, minimum,
+                               resnet18, resnet34, resnet50, valley, vision_learner)
+from torch import nn
+
+
+def article_rule(lrs, losses, num_it=None):
+    """The article's rule as a fastai suggestion function: one order of magnitude below the learning rate where
+    the smoothed loss is lowest. (fastai's own `minimum` is the same rule.) Returns `(lr, (lr_min, loss_min))`."""
+    losses = torch.as_tensor(losses); lrs = torch.as_tensor(lrs)
+    i = int(losses.argmin())
+    return lrs[i].item() / 10, (lrs[i].item(), losses[i].item())
+
+
+def smooth(losses, beta=0.98):
+    "The exponentially weighted, debiased average fastai plots in `lr_find` (`AvgSmoothLoss`)."
+    out, avg = [], 0.
+    for i, l in enumerate(losses, 1):
+        avg = beta * avg + (1 - beta) * float(l)
+        out.append(avg / (1 - beta ** i))
+    return out
+
+
+class RawLosses(Callback):
+    "Keep every training batch's raw loss (fastai's recorder keeps the smoothed one)."
+    order = 51
+    def before_fit(self): self.losses = []
+    def after_batch(self):
+        if self.training: self.losses.append(self.learn.loss.item())
+
+
+def plot_lr_find(learn, raw, lr_rule, lr_valley=None):
+    "Raw per-iteration losses, the smoothed curve fastai plots, its minimum and the chosen rate(s)."
+    import matplotlib.pyplot as plt
+    lrs, sm = learn.recorder.lrs, [float(l) for l in learn.recorder.losses]
+    n = min(len(lrs), len(raw))
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    ax.plot(lrs[:n], raw[:n], '.', color='0.6', ms=4, label='raw loss of each batch')
+    ax.plot(lrs[:n], sm[:n], lw=2, label='smoothed (what lr_find plots)')
+    i = int(np.argmin(sm[len(sm) // 10: -5])) + len(sm) // 10 if len(sm) > 20 else int(np.argmin(sm))
+    ax.plot(lrs[i], sm[i], 'o', color='C3', ms=9, label=f'minimum of smoothed loss, lr={lrs[i]:.1e}')
+    ax.axvline(lr_rule, color='C3', ls='--', label=f'article rule: minimum / 10 = {lr_rule:.1e}')
+    if lr_valley: ax.axvline(lr_valley, color='C2', ls=':', lw=2, label=f'fastai valley = {lr_valley:.1e}')
+    top = max(sm[:n]) * 1.5 if n else 1
+    ax.set(xscale='log', xlabel='learning rate (log scale)', ylabel='loss', ylim=(0, min(top, max(raw[:n]) if n else 1)))
+    ax.legend(fontsize=9); fig.tight_layout()
+    return fig
+
+
+def kmnist_cnn(n_out=10, widths=(16, 32, 64)):
+    """A small ResNet-style network for 28x28 characters on a CPU, built from fastai's layers: at each width a
+    convolution (stride 2 after the first) and a residual block, then average pooling. 121k parameters;
+    about 700 images/s of training on 2 CPU cores, against about 85 for a ResNet34."""
+    layers, c_in = [], 1
+    for i, w in enumerate(widths):
+        layers += [ConvLayer(c_in, w, stride=1 if i == 0 else 2), ResBlock(1, w, w)]
+        c_in = w
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), Flatten(), nn.Dropout(0.1), nn.Linear(c_in, n_out))
+
+
+ARCHS = {'resnet18': resnet18, 'resnet34': resnet34, 'resnet50': resnet50, 'kmnist_cnn': kmnist_cnn}
+
+
+def make_learner(dls, arch='resnet34', pretrained=True, n_in=1, metrics=(accuracy, error_rate), cbs=None, **kwargs):
+    """`vision_learner` for the torchvision ResNets (`n_in=1`: fastai sums the pretrained first layer over RGB), a plain
+    `Learner` for `kmnist_cnn`. Offline, where ImageNet weights cannot be downloaded, it says so and uses random weights."""
+    if arch == 'kmnist_cnn':
+        return Learner(dls, kmnist_cnn(get_c(dls)), metrics=list(metrics), cbs=cbs, **kwargs)
+    try:
+        return vision_learner(dls, ARCHS[arch], n_in=n_in, pretrained=pretrained, metrics=list(metrics), cbs=cbs, **kwargs)
+    except (OSError, RuntimeError) as e:  # URLError is an OSError: no internet, or a firewall
+        if not pretrained: raise
+        print(f'Could not download the pretrained {arch} weights ({type(e).__name__}: {e}).\n'
+              f'Going on from RANDOM weights: expect lower accuracy and more epochs. With internet access the '
+              f'weights download once to $TORCH_HOME/hub/checkpoints/.')
+        return vision_learner(dls, ARCHS[arch], n_in=n_in, pretrained=False, metrics=list(metrics), cbs=cbs, **kwargs)
+
+
+def on_gpu(): return torch.cuda.is_available()
+
+
+def wandb_logged_in() -> bool:
+    "True when a W&B API key is available without asking (env var or ~/.netrc); never prompts."
+    if os.environ.get('WANDB_API_KEY'): return True
+    try:
+        import netrc
+        return bool(netrc.netrc().authenticators('api.wandb.ai'))
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def start_wandb(mode='offline', project='kuzushiji-fastai', config=None, name=None, dir=None):
+    """Start a W&B run and return fastai's `WandbCallback` for it, or None when `mode='off'`.
+    'offline' (default) logs to ./wandb to sync later; 'online' needs a login and falls back to offline without
+    one. Nothing here ever waits for a login or a key, in a notebook, a script or CI."""
+    if mode in (None, 'off', False): return None
+    import wandb
+    from fastai.callback.wandb import WandbCallback
+    if mode == 'online' and not wandb_logged_in():
+        print('W&B: not logged in (no WANDB_API_KEY, no `wandb login`), so logging offline instead.')
+        mode = 'offline'
+    if mode not in ('offline', 'online'): raise ValueError(f"W&B mode must be 'off', 'offline' or 'online', not {mode!r}")
+    os.environ.setdefault('WANDB_SILENT', 'true')
+    run = wandb.init(project=project, config=config, name=name, mode=mode, dir=str(dir or ROOT), reinit='finish_previous',
+                     settings=wandb.Settings(console='off', silent=True))
+    if mode == 'offline':
+        print(f'W&B: logging offline to {run.dir.rsplit("/files", 1)[0]}\n'
+              f'     to upload later: wandb sync {run.dir.rsplit("/files", 1)[0]}')
+    return WandbCallback(log_preds=False, log_model=False)
+
+
+def finish_wandb(learn=None):
+    "Remove the W&B callback (so an exported learner does not start W&B when loaded) and close the run."
+    from fastai.callback.wandb import WandbCallback
+    if learn is not None and any(isinstance(c, WandbCallback) for c in learn.cbs): learn.remove_cb(WandbCallback)
+    try:
+        import wandb
+        if wandb.run is not None: wandb.finish(quiet=True)
+    except ImportError: pass
+
+
+def export(learn, path):
+    "`learn.export` without the W&B callback (fastai's advice: a loaded learner would start W&B again)."
+    finish_wandb(learn)
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    learn.export(path.resolve())
+    return path
+
+
+def loss_clearly_falling(losses, ratio=0.7):
+    """Did training behave? The smoothed training loss over the last tenth of the iterations is at most `ratio`
+    times that over the first tenth, and nothing is NaN. Used by the batch-size study to decide to halve."""
+    l = np.asarray(losses, dtype=float)
+    if len(l) < 10 or not np.isfinite(l).all(): return False
+    k = max(1, len(l) // 10)
+    return l[-k:].mean() <= ratio * l[:k].mean()
+
+
+PRESETS = {
+    # The article: ResNet34, batch size 128, 10 epochs, one-cycle; mixed precision on a GPU.
+    'article': dict(arch='resnet34', bs=128, epochs=10, lr='auto', size=None, pretrained=True, fp16=True, n_train=None),
+    # A laptop without a GPU: a small fastai-built CNN, sized for at most 10 minutes on 2 cores.
+    'cpu': dict(arch='kmnist_cnn', bs=128, epochs=6, lr=1e-2, size=None, pretrained=False, fp16=False, n_train=None),
+    # Tests: tiny, under a minute.
+    'quick': dict(arch='kmnist_cnn', bs=64, epochs=2, lr=1e-2, size=None, pretrained=False, fp16=False,
+                  n_train=2000, n_test=500),
+}
+
+
+def versions():
+    import fastai, fastcore, fasttransform, platform
+    v = dict(python=platform.python_version(), torch=torch.__version__, fastai=fastai.__version__,
+             fastcore=fastcore.__version__, fasttransform=fasttransform.__version__, numpy=np.__version__)
+    try:
+        import wandb; v['wandb'] = wandb.__version__
+    except ImportError: pass
+    return v
+
+
+def history(learn):
+    "Per-epoch rows of fastai's recorder: epoch, train_loss, valid_loss, metrics, time."
+    names = [n for n in learn.recorder.metric_names if n != 'epoch']
+    rows = []
+    for i, vals in enumerate(learn.recorder.values):
+        row = {'epoch': i, **{n: float(v) for n, v in zip(names[:-1], vals)}}
+        rows.append(row)
+    return rows
+
+
+def find_lr(learn, num_it=100):
+    "`lr_find` with the article's rule; returns `(rate by the rule, fastai's valley)` and keeps the raw losses."
+    raw = RawLosses()
+    with learn.added_cbs(raw):
+        sug = learn.lr_find(num_it=num_it, suggest_funcs=(article_rule, valley), show_plot=False)
+    learn.raw_losses = raw.losses
+    return sug.article_rule, sug.valley
+
+
+def make_config(dataset='kmnist', preset='article', **overrides):
+    "A preset's settings with `overrides` (those that are not None) on top, plus the dataset and seed."
+    if preset not in PRESETS: raise ValueError(f"preset must be one of {', '.join(PRESETS)}, not {preset!r}")
+    cfg = dict(dataset=dataset, preset=preset, seed=42, valid_pct=0.1, wandb='offline', n_test=None)
+    cfg.update(PRESETS[preset])
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    return cfg
+
+
+def run_training(cfg, data=None, log=print):
+    """Train once from a config (see `make_config`) and return the results: test and validation accuracy,
+    per-epoch history, wall time, images/s, device, library versions and the config. What `scripts/train.py` runs."""
+    set_seed(cfg['seed'])
+    (x, y), test, classes = load_arrays(data, dataset=cfg['dataset'])
+    if cfg.get('n_train'): x, y = subsample(x, y, cfg['n_train'], cfg['seed'])
+    if cfg.get('n_test'): test = subsample(*test, cfg['n_test'], cfg['seed'])
+    dls = kmnist_dls((x, y), classes, valid_pct=cfg['valid_pct'], seed=cfg['seed'], bs=cfg['bs'], size=cfg['size'])
+    cb = start_wandb(cfg['wandb'], config=cfg, name=f"{cfg['dataset']}-{cfg['preset']}-{cfg['arch']}-bs{cfg['bs']}")
+    learn = make_learner(dls, cfg['arch'], pretrained=cfg['pretrained'], cbs=[cb] if cb else None)
+    if cfg['fp16'] and on_gpu(): learn.to_fp16()
+    lr = cfg['lr']
+    if lr == 'auto':
+        lr, lr_valley = find_lr(learn)
+        log(f'lr_find: article rule {lr:.2e} (fastai valley {lr_valley:.2e})')
+    t0 = time.time()
+    learn.fit_one_cycle(cfg['epochs'], float(lr))
+    seconds = time.time() - t0
+    hist = history(learn)  # before validate(), which overwrites the recorder's last values
+    n_seen = cfg['epochs'] * len(dls.train) * cfg['bs']
+    _, valid_acc, _ = learn.validate()
+    _, test_acc, _ = learn.validate(dl=test_dl(dls, test))
+    finish_wandb(learn)
+    return dict(test_accuracy=float(test_acc), valid_accuracy=float(valid_acc), history=hist,
+                seconds=round(seconds, 1), images_per_second=round(n_seen / seconds, 1), device=device_name(),
+                cpu_cores=os.cpu_count(), versions=versions(), lr=float(lr),
+                config={**cfg, 'lr': cfg['lr']}, n_train=len(dls.train_ds), n_valid=len(dls.valid_ds), n_test=len(test[0])), learn
+
+
+def write_json(obj, path):
+    "Write JSON atomically: a crash never leaves a half-written results file under the final name."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False), encoding='utf-8')
+    os.replace(tmp, path)
+
+
+def batch_size_study(train, classes, cfg, sizes=(512, 256, 128), epochs=None, stop_when_ok=True, log=print):
+    """The article's batch-size study: start at the largest batch size and halve while training misbehaves
+    (`loss_clearly_falling` says no), down to the smallest. Each run is a fresh learner with the same seed, and
+    its own W&B run. Returns one dict per run: bs, ok, raw batch losses, images seen, per-epoch history."""
+    runs = []
+    for bs in sizes:
+        set_seed(cfg['seed'])
+        dls = kmnist_dls(train, classes, valid_pct=cfg['valid_pct'], seed=cfg['seed'], bs=bs, size=cfg['size'])
+        cb = start_wandb(cfg['wandb'], config={**cfg, 'bs': bs}, name=f"bs-study-{cfg['arch']}-bs{bs}")
+        raw = RawLosses()
+        learn = make_learner(dls, cfg['arch'], pretrained=cfg['pretrained'], cbs=[c for c in (cb, raw) if c])
+        if cfg['fp16'] and on_gpu(): learn.to_fp16()
+        lr = float(cfg['lr']) * bs / cfg['bs'] if cfg['lr'] != 'auto' else find_lr(learn)[0]
+        learn.fit_one_cycle(epochs or cfg['epochs'], lr)
+        ok = loss_clearly_falling(smooth(raw.losses))
+        runs.append(dict(bs=bs, lr=lr, ok=ok, losses=raw.losses, images=list(np.arange(1, len(raw.losses) + 1) * bs),
+                         history=history(learn)))
+        finish_wandb(learn)
+        log(f"bs {bs}: lr {lr:.1e}, final valid accuracy {runs[-1]['history'][-1]['accuracy']:.4f}, "
+            f"loss {'clearly falling' if ok else 'NOT clearly falling: halve the batch size'}")
+        if ok and stop_when_ok: break
+    return runs
+
+
+def plot_batch_size_study(runs):
+    "Training loss against images seen (so batch sizes compare fairly) and validation accuracy per epoch."
+    import matplotlib.pyplot as plt
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for r in runs:
+        a.plot(r['images'], smooth(r['losses']), label=f"bs {r['bs']}{'' if r['ok'] else ' (misbehaves)'}")
+        b.plot([h['epoch'] + 1 for h in r['history']], [h['accuracy'] for h in r['history']], 'o-', label=f"bs {r['bs']}")
+    a.set(xlabel='training images seen', ylabel='training loss (smoothed)', title='Training loss')
+    b.set(xlabel='epoch', ylabel='validation accuracy', title='Validation accuracy')
+    for ax in (a, b): ax.legend(); ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def save_lr(lr, dataset='kmnist'):
+    "Remember the learning rate notebook 03 chose, for notebook 04."
+    write_json({'lr': float(lr)}, ROOT / 'results' / f'lr_{dataset}.json')
+
+
+def load_lr(dataset='kmnist', default=None):
+    p = ROOT / 'results' / f'lr_{dataset}.json'
+    return json.loads(p.read_text())['lr'] if p.exists() else default
+
+
+def training_speed(learn, n_batches=5):
+    "Training images per second of `learn` on its own DataLoader (forward, backward, step), a few batches."
+    model, opt = learn.model.train(), torch.optim.SGD(learn.model.parameters(), lr=1e-4)
+    it, seen = iter(learn.dls.train), 0
+    xb, yb = next(it)
+    learn.loss_func(model(xb), yb).backward()  # warm up
+    t0 = time.perf_counter()
+    for _ in range(n_batches):
+        xb, yb = next(it)
+        loss = learn.loss_func(model(xb), yb); loss.backward(); opt.step(); opt.zero_grad()
+        seen += len(xb)
+    if on_gpu(): torch.cuda.synchronize()
+    return seen / (time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Calligraphy data: safe zip extraction, and a cleaned, resized copy of messy web images
+# ---------------------------------------------------------------------------------------------
+# The data set (1,829 files in 3 class folders) is real web data: a few files are not images, 822 names are
+# GBK bytes (not UTF-8), 7 groups of byte-identical duplicates (one in two classes), RGB/grayscale JPEG, PNG
+# with alpha, a GIF, sizes from under 256 px to several thousand. The originals are never changed: `prepare`
+# writes a new folder with safe ASCII names, and `report.csv` says why each skipped file was skipped.
+import io, re, stat, zipfile
+REPORT_COLUMNS = ['file', 'class', 'reason']
+MANIFEST_COLUMNS = ['file', 'class', 'source', 'source_md5', 'width', 'height']
+
+
+def _raw_name(info: zipfile.ZipInfo) -> bytes:
+    """The entry's name as the bytes stored in the zip. Without the UTF-8 flag (0x800) Python decoded
+    them as cp437, which maps all 256 bytes one to one, so encoding back gives the original (here GBK) bytes."""
+    return info.filename.encode('utf-8' if info.flag_bits & 0x800 else 'cp437')
+
+
+def _unsafe(raw: bytes, info: zipfile.ZipInfo) -> str | None:
+    "Why this entry must not be extracted, or None."
+    parts = re.split(rb'[/\\]', raw)
+    if raw.startswith((b'/', b'\\')) or re.match(rb'^[A-Za-z]:', raw): return 'an absolute path'
+    if b'..' in parts: return 'a path with ..'
+    if stat.S_ISLNK(info.external_attr >> 16): return 'a symbolic link'
+    return None
+
+
+def _class_path(raw: bytes, classes) -> tuple[str, list[bytes]] | None:
+    "(class, path inside the class folder) for `[top/]data/<class>/...` entries, else None."
+    parts = [p for p in raw.split(b'/') if p]
+    for i in (1, 0):  # GitHub's layout has a top folder `<repo>-<commit>/`; a hand-made zip may not
+        if len(parts) > i + 1 and parts[i] == b'data' and parts[i + 1].decode('ascii', 'replace') in classes:
+            return parts[i + 1].decode('ascii'), parts[i + 2:]
+    return None
+
+
+def extract_zip(zip_path, dest, classes=CALLIGRAPHY_CLASSES, force=False, quiet=False) -> Path:
+    """Extract the `data/<class>/` folders of the zip into `dest/<class>/`, safely: every entry is checked
+    (no absolute path, no `..`, no symlink) before anything is written; the files go to a temporary folder
+    and are moved into place only when all went well. File names keep their exact bytes (GBK included)."""
+    zip_path, dest = Path(zip_path), Path(dest)
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DownloadError(f'{zip_path.name} is not a readable zip ({e}): delete it and download again.') from e
+    with zf:
+        entries = [(i, _raw_name(i)) for i in zf.infolist()]
+        for info, raw in entries:
+            if why := _unsafe(raw, info):
+                raise DownloadError(f'{zip_path.name}: refusing {raw!r} ({why}); the archive was not extracted.')
+        wanted = [(info, *cp) for info, raw in entries if (cp := _class_path(raw, classes))]
+        found = sorted({c for _, c, _ in wanted})
+        if not found:
+            raise DownloadError(f'{zip_path.name} has no data/<class>/ folders for {", ".join(classes)}: '
+                                  f'is it the right archive? Delete it and download again.')
+        if all((dest / c).is_dir() for c in found) and not force:
+            if not quiet: print(f'  {zip_path.name}: already extracted')
+            return dest
+        dest.mkdir(parents=True, exist_ok=True)
+        tmp = dest / '.extracting'
+        if tmp.exists(): shutil.rmtree(tmp)
+        try:
+            for info, c, rest in wanted:
+                # os.fsdecode keeps undecodable bytes as surrogates: the exact bytes land on disk (Linux)
+                target = Path(tmp, c, *(os.fsdecode(p) for p in rest))
+                if info.is_dir() or not rest: target.mkdir(parents=True, exist_ok=True); continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, 'wb') as out: shutil.copyfileobj(src, out, 1 << 20)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+            shutil.rmtree(tmp)
+            raise DownloadError(f'{zip_path.name} is damaged ({e}): delete it and download again.') from e
+    for c in found:
+        if (dest / c).exists(): shutil.rmtree(dest / c)
+        os.replace(tmp / c, dest / c)
+    tmp.rmdir()
+    if not quiet: print(f'  {zip_path.name}: extracted {len(wanted)} entries into {dest}')
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------
+# Prepare: decode, deduplicate, RGB on white, resize, report
+# ---------------------------------------------------------------------------------------------
+def readable(raw: bytes) -> str:
+    "A file name for people: UTF-8, else GBK (most of this data set), else the bytes' repr."
+    for enc in ('utf-8', 'gbk'):
+        try: return raw.decode(enc)
+        except UnicodeDecodeError: pass
+    return repr(raw)
+
+
+def _scan(src: bytes):
+    "(name bytes, is a regular file, is a folder) for each entry of `src`, sorted by name bytes."
+    with os.scandir(src) as it:
+        return sorted((e.name, e.is_file(follow_symlinks=False), e.is_dir(follow_symlinks=False)) for e in it)
+
+
+def to_rgb(im):
+    """First frame, EXIF rotation applied, as RGB; transparent areas (RGBA, LA, PA, P or L/RGB with a
+    transparency colour) are composited onto white, the paper colour, not black."""
+    from PIL import Image, ImageOps
+    im.seek(0)
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La') or 'transparency' in im.info:
+        im = im.convert('RGBA')
+        bg = Image.new('RGBA', im.size, (255, 255, 255, 255))
+        bg.alpha_composite(im)
+        return bg.convert('RGB')
+    return im.convert('RGB')
+
+
+def shrink(im, max_side):
+    "Downsize so that the shorter side is `max_side` (never upsample)."
+    from PIL import Image
+    w, hgt = im.size
+    short = min(w, hgt)
+    if short <= max_side: return im
+    size = (max_side, max(1, round(hgt * max_side / w))) if w <= hgt else (max(1, round(w * max_side / hgt)), max_side)
+    return im.resize(size, Image.LANCZOS)
+
+
+def _decode(data: bytes):
+    "(PIL image, None) or (None, reason)."
+    from PIL import Image, ImageFile, UnidentifiedImageError
+    old, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False  # a truncated file is an error
+    try:
+        im = Image.open(io.BytesIO(data))
+        im.load()
+        return im, None
+    except UnidentifiedImageError:
+        return None, 'not an image'
+    except Exception as e:  # OSError, SyntaxError, ValueError, DecompressionBombError...
+        return None, f'truncated or corrupt image: {e}'
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = old
+
+
+def _write_csv(path, columns, rows):
+    with open(path, 'w', newline='', encoding='utf-8') as f:
+        w = csv.DictWriter(f, columns); w.writeheader(); w.writerows(rows)
+
+
+def _read_csv(path):
+    with open(path, newline='', encoding='utf-8') as f: return list(csv.DictReader(f))
+
+
+def _saved(dest: Path, classes) -> dict:
+    "The result of an earlier `prepare`, read back from its CSV files."
+    kept = dict.fromkeys(classes, 0)
+    for r in _read_csv(dest / 'manifest.csv'): kept[r['class']] = kept.get(r['class'], 0) + 1
+    return {'kept': kept, 'skipped': _read_csv(dest / 'report.csv'), 'path': dest}
+
+
+def _collect(src: Path, classes):
+    "Files per class as (name bytes, path bytes, md5), and report rows for what is not in a class folder."
+    bsrc, files, skipped = os.fsencode(src), {}, []
+    for name, is_file, is_dir in _scan(bsrc):
+        c = name.decode('utf-8', 'replace')
+        if is_dir and c in classes:
+            files[c] = []
+            for n, f, d in _scan(os.path.join(bsrc, name)):
+                if not f:
+                    skipped.append({'file': readable(n), 'class': c,
+                                    'reason': 'a folder (not looked into)' if d else 'not a regular file'})
+                    continue
+                path = os.path.join(bsrc, name, n)
+                files[c].append((n, path, md5sum(path)))
+        elif is_dir:
+            skipped.append({'file': readable(name) + '/', 'class': '',
+                            'reason': f'folder not in CALLIGRAPHY_CLASSES ({", ".join(classes)}): ignored'})
+        else:
+            skipped.append({'file': readable(name), 'class': '', 'reason': 'not in a class folder'})
+    return files, skipped
+
+
+def prepare(src, dest, max_side=384, force=False, classes=CALLIGRAPHY_CLASSES, quiet=False) -> dict:
+    """Write a clean copy of the class folders `src/<class>/` into `dest/<class>/<class>_NNNN.jpg`:
+    every file that PIL decodes, as RGB (transparency on white, GIF first frame), shorter side at most
+    `max_side`, JPEG quality 90. Skipped, with a reason in `dest/report.csv`: files that are not images or
+    are truncated/corrupt; byte-identical duplicates within a class (the first by name bytes is kept);
+    files whose bytes appear in two or more classes (dropped from all: the label is unknown); files
+    directly in `src`; folders not in `classes` (one row each, their content is not read).
+    `dest/manifest.csv` lists every output with its source name and md5. `src` is only read. The work
+    is done in `<dest>.tmp`, renamed to `dest` at the end. If `dest/manifest.csv` exists and not `force`,
+    the saved result is returned without decoding anything.
+    Returns {'kept': {class: n}, 'skipped': [{'file', 'class', 'reason'}], 'path': dest}."""
+    src, dest = Path(src), Path(dest)
+    if not src.is_dir(): raise FileNotFoundError(f'no such folder: {src}')
+    rs, rd = src.resolve(), dest.resolve()
+    if rs == rd or rd in rs.parents or rs in rd.parents:
+        raise ValueError(f'dest ({dest}) must be outside src ({src}) and must not contain it: the originals are kept apart.')
+    if (dest / 'manifest.csv').exists() and not force:
+        if not quiet: print(f'  {dest}: already prepared')
+        return _saved(dest, classes)
+    files, skipped = _collect(src, classes)
+    in_classes = {}
+    for c, fs in files.items():
+        for _, _, m in fs: in_classes.setdefault(m, set()).add(c)
+    tmp = dest.with_name(dest.name + '.tmp')
+    if tmp.exists(): shutil.rmtree(tmp)
+    kept, manifest = dict.fromkeys(classes, 0), []
+    try:
+        for c in classes:
+            if c not in files: continue
+            (tmp / c).mkdir(parents=True)
+            first = {}
+            for name, path, m in files[c]:
+                row = {'file': readable(name), 'class': c}
+                if len(in_classes[m]) > 1:
+                    skipped.append({**row, 'reason': f'same file in classes {", ".join(sorted(in_classes[m]))}'}); continue
+                if m in first:
+                    skipped.append({**row, 'reason': f'duplicate of {first[m]}'}); continue
+                first[m] = row['file']
+                with open(path, 'rb') as f: im, why = _decode(f.read())
+                if why: skipped.append({**row, 'reason': why}); continue
+                try:
+                    im = shrink(to_rgb(im), max_side)
+                except Exception as e:  # a decoder that fails only on conversion
+                    skipped.append({**row, 'reason': f'truncated or corrupt image: {e}'}); continue
+                out = f'{c}/{c}_{kept[c]:04d}.jpg'
+                im.save(tmp / out, 'JPEG', quality=90)
+                manifest.append({'file': out, 'class': c, 'source': row['file'], 'source_md5': m,
+                                 'width': im.width, 'height': im.height})
+                kept[c] += 1
+        _write_csv(tmp / 'report.csv', REPORT_COLUMNS, skipped)
+        _write_csv(tmp / 'manifest.csv', MANIFEST_COLUMNS, manifest)  # written last: it marks a complete folder
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = dest.with_name(dest.name + '.old')
+    if old.exists(): shutil.rmtree(old)
+    if dest.exists(): os.replace(dest, old)
+    os.replace(tmp, dest)
+    if old.exists(): shutil.rmtree(old)
+    if not quiet:
+        print(f'  prepared {sum(kept.values())} images into {dest} '
+              f'({", ".join(f"{c} {n}" for c, n in kept.items())}); skipped {len(skipped)}, see report.csv')
+    return {'kept': kept, 'skipped': skipped, 'path': dest}
+
+
+def calligraphy_report(dest):
+    "The skipped files of a prepared folder (`dest/report.csv`) as a DataFrame: file, class, reason."
+    import pandas as pd
+    return pd.read_csv(Path(dest) / 'report.csv', dtype=str, keep_default_na=False)
