@@ -758,7 +758,7 @@ PRESETS = {
     # A laptop without a GPU: a small fastai-built CNN, sized for at most 10 minutes on 2 cores.
     'cpu': dict(arch='kmnist_cnn', bs=128, epochs=6, lr=1e-2, size=None, pretrained=False, fp16=False, n_train=None),
     # Tests: tiny, under a minute.
-    'quick': dict(arch='kmnist_cnn', bs=64, epochs=2, lr=1e-2, size=None, pretrained=False, fp16=False,
+    'quick': dict(arch='kmnist_cnn', bs=32, epochs=3, lr=1e-2, size=None, pretrained=False, fp16=False,
                   n_train=2000, n_test=500),
 }
 

@@ -59,3 +59,38 @@ def test_02_dataloaders(nb_env):
     speeds = dict(re.findall(r"'(\w+)': '([\d,]+) images/s'", text(nb, 'speed')))
     assert set(speeds) == {'datablock', 'tensor'}
     assert text(nb, 'test').strip() == '60'
+
+
+def _have_kmnist(nb_env):
+    if not (Path(nb_env['KUZUSHIJI_DATA']) / 'kmnist').exists():  # later notebooks use what 01 downloaded
+        run(NOTEBOOKS / '01_get_kuzushiji_mnist.ipynb', nb_env)
+
+
+def test_03_lr_finder(nb_env):
+    _have_kmnist(nb_env)
+    nb = run(NOTEBOOKS / '03_learning_rate_finder.ipynb', nb_env)
+    assert re.search(r"SuggestedLRs\(minimum=[\d.e-]+, steep=[\d.e-]+, valley=[\d.e-]+, slide=[\d.e-]+\)", text(nb, 'lr_find'))
+    assert 'def article_rule' in text(nb, 'rule-source')
+    rule, valley = map(float, re.search(r'article rule: ([\d.e+-]+)\s+fastai valley: ([\d.e+-]+)', text(nb, 'rule')).groups())
+    assert 1e-7 <= rule <= 10 and 1e-7 <= valley <= 10
+    assert text(nb, 'smooth').strip() == 'True'  # our EWMA reproduces fastai's smoothed losses
+    assert len(images(nb, 'plot')) == 1
+    assert float(text(nb, 'saved')) == pytest.approx(rule, rel=0.02)  # the 'rule' cell prints 2 digits
+
+
+def test_04_train(nb_env):
+    _have_kmnist(nb_env)
+    nb = run(NOTEBOOKS / '04_train_resnet34_one_cycle.ipynb', nb_env)
+    assert "quick preset on" in text(nb, 'config')
+    assert re.search(r'ResNet34 here: \d+ images/s, so 10 epochs of 54,000 images would take \d+ minutes', text(nb, 'cpu-estimate'))
+    assert 'W&B: logging offline to' in text(nb, 'learner') and 'wandb sync' in text(nb, 'learner')
+    for tag in ('sched', 'loss', 'confusion', 'top-losses', 'study-plot'):
+        assert images(nb, tag), tag
+    acc = float(re.search(r'test accuracy ([\d.]+)', text(nb, 'test')).group(1))
+    assert acc > 0.25, 'chance is 0.10 (10 classes, 60 images): training must have learned something'
+    m = re.search(r'predicted (\S) \(\w+\) with probability ([\d.]+); the answer is (\S)', text(nb, 'predict'))
+    assert m and m.group(1) in 'おきすつなはまやれを' and m.group(3) in 'おきすつなはまやれを'
+    study = text(nb, 'study')
+    assert [int(b) for b in re.findall(r'^bs (\d+):', study, re.M)] == [64, 32, 16]
+    runs = list(Path(nb_env['WANDB_DIR']).glob('wandb/offline-run-*'))
+    assert len(runs) >= 4, runs  # the main run and one per batch size, all offline
