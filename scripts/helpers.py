@@ -26,6 +26,7 @@ warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')  #
 REPO_URL = 'https://github.com/kuzushiji-fastai/kuzushiji-fastai'  # badges and Colab cells come from here (scripts/nbsync.py)
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get('KUZUSHIJI_DATA', ROOT / 'data'))
+OUT_DIR = Path(os.environ.get('KUZUSHIJI_OUT', ROOT))  # results/ and models/ go here (the tests point it elsewhere)
 QUICK = os.environ.get('KUZUSHIJI_QUICK', '') not in ('', '0', 'false', 'False')
 "Quick mode (tests, CI): small data, tiny epochs. Colab and you run the same cells at full size."
 
@@ -35,9 +36,9 @@ def in_colab() -> bool:
 
 
 def set_seed(seed: int = 42):
-    "Seed Python, NumPy and torch (fastai's `set_seed` does the same, plus cuDNN flags)."
+    "Seed Python, NumPy and torch (fastai's `set_seed`; cuDNN's autotuner stays on, so GPU runs stay fast)."
     from fastai.torch_core import set_seed as _set_seed
-    _set_seed(seed, reproducible=True)
+    _set_seed(seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,7 +189,7 @@ def download_file(name, md5, dest, mirror=None, dataset='kmnist', force=False, t
     final, part = dest / name, dest / f'{name}.part'
     if final.exists() and not force:
         if md5 is None or md5sum(final) == md5:
-            if not quiet: print(f'  {name}: already here, verified')
+            if not quiet: print(f'  {name}: already here, ' + ('verified' if md5 else 'no checksum published to verify'))
             return final
         if not quiet: print(f'  {name}: present but its checksum does not match; downloading again')
     if force and part.exists(): part.unlink()
@@ -239,6 +240,7 @@ def download(dataset='kmnist', fmt=None, dest=None, mirror=None, force=False, md
         return dest / 'prepared'
     md5s = {**_md5_table(), **(md5s or {})}
     for name, md5 in dataset_files(dataset, fmt):
+        if dataset == 'calligraphy': kwargs.setdefault('timeout', 60.)  # GitHub builds the zip before sending
         download_file(name, md5s.get(name, md5), dest, mirror=mirror, dataset=dataset, force=force,
                       quiet=quiet, **kwargs)
     if dataset == 'kkanji': extract_tar(dest / 'kkanji.tar', dest, quiet=quiet)
@@ -339,6 +341,7 @@ def load_idx(path):
 
 def load_classmap(path) -> list[str]:
     "The characters of a `*_classmap.csv` (columns index, codepoint, char), in label order."
+    if not Path(path).exists(): raise FileNotFoundError(f'{path} not found: run scripts/download_data.py first.')
     with open(path, encoding='utf-8') as f:
         rows = list(csv.DictReader(f))
     if not rows or not {'index', 'char'} <= set(rows[0]):
@@ -356,7 +359,7 @@ def load_arrays(path=None, dataset='kmnist', fmt=None):
     and labels agree and every label has a class."""
     path = Path(path) if path else DATA_DIR / dataset
     if fmt is None:
-        fmt = 'npz' if (path / f'{dataset}-train-imgs.npz').exists() else 'mnist'
+        fmt = 'npz' if (path / f'{dataset}-train-imgs.npz').exists() or 'mnist' not in FILES.get(dataset, {}) else 'mnist'
     if fmt not in _SPLIT_FILES: raise ValueError(f"fmt must be 'npz' or 'mnist', not {fmt!r}")
     out = []
     for split, m in (('train', 'train'), ('test', 't10k')):
@@ -398,8 +401,9 @@ import torch
 
 def item_image(o): return o[0]
 def item_label(o): return o[1]
-# Getters live in this module, not in a notebook: `export()` pickles them, and a getter defined in a
-# notebook drags the notebook's globals (the whole image array) into export.pkl.
+# Getters live in this module, not in a notebook: `export()` pickles them. A module's function is pickled by
+# reference; one defined in a notebook is pickled by value with every global it uses (a getter that indexes
+# into the image array takes the whole array into export.pkl), and loading the export needs that notebook.
 
 
 def char_augment(size=None):
@@ -467,9 +471,7 @@ class ArrayDataset:
 class ArrayDL(TfmdDL):
     """A fastai `TfmdDL` that slices whole batches out of `ArrayDataset` tensors. Everything else
     (after_batch transforms on the GPU, `show_batch`, `test_dl`, `predict`, `export`) is fastai's own."""
-    def __init__(self, dataset=None, bs=64, vocab=None, **kwargs):
-        if dataset is not None and not isinstance(dataset, ArrayDataset):  # raw items from `test_dl`/`predict`
-            dataset = ArrayDataset.from_items(dataset, vocab, with_labels=bool(dataset) and isinstance(dataset[0], tuple))
+    def __init__(self, dataset=None, bs=64, **kwargs):
         kwargs['num_workers'] = 0  # slicing a tensor is faster than shipping batches between processes
         super().__init__(dataset, bs=bs, **kwargs)
 
@@ -480,7 +482,7 @@ class ArrayDL(TfmdDL):
             yield self.dataset[b]
 
     def new(self, dataset=None, cls=None, **kwargs):
-        if dataset is not None and not isinstance(dataset, ArrayDataset):
+        if dataset is not None and not isinstance(dataset, ArrayDataset):  # raw items from `test_dl`/`predict`
             dataset = ArrayDataset.from_items(dataset, self.dataset.vocab,
                                               with_labels=len(dataset) > 0 and isinstance(dataset[0], tuple))
         return super().new(dataset, cls, **kwargs)
@@ -604,6 +606,7 @@ def plot_class_balance(splits: dict, classes):
 def device_name():
     "The GPU's name, or the CPU's model name, for reports."
     if torch.cuda.is_available(): return torch.cuda.get_device_name(0)
+    if default_device().type == 'mps': return 'Apple GPU (MPS)'
     try:
         for line in open('/proc/cpuinfo'):
             if line.startswith('model name'): return line.split(':', 1)[1].strip()
@@ -637,7 +640,7 @@ def smooth(losses, beta=0.98):
     return out
 
 
-class RawLosses(Callback):
+class RawLossRecorder(Callback):
     "Keep every training batch's raw loss (fastai's recorder keeps the smoothed one)."
     order = 51
     def before_fit(self): self.losses = []
@@ -653,7 +656,7 @@ def plot_lr_find(learn, raw, lr_rule, lr_valley=None):
     fig, ax = plt.subplots(figsize=(7.5, 4))
     ax.plot(lrs[:n], raw[:n], '.', color='0.6', ms=4, label='raw loss of each batch')
     ax.plot(lrs[:n], sm[:n], lw=2, label='smoothed (what lr_find plots)')
-    i = int(np.argmin(sm[len(sm) // 10: -5])) + len(sm) // 10 if len(sm) > 20 else int(np.argmin(sm))
+    i = int(np.argmin(np.abs(np.log(lrs) - np.log(lr_rule * 10))))  # the point the rule took its minimum at
     ax.plot(lrs[i], sm[i], 'o', color='C3', ms=9, label=f'minimum of smoothed loss, lr={lrs[i]:.1e}')
     ax.axvline(lr_rule, color='C3', ls='--', label=f'article rule: minimum / 10 = {lr_rule:.1e}')
     if lr_valley: ax.axvline(lr_valley, color='C2', ls=':', lw=2, label=f'fastai valley = {lr_valley:.1e}')
@@ -684,7 +687,7 @@ def make_learner(dls, arch='resnet34', pretrained=True, n_in=1, metrics=(accurac
         return Learner(dls, kmnist_cnn(get_c(dls)), metrics=list(metrics), cbs=cbs, **kwargs)
     try:
         return vision_learner(dls, ARCHS[arch], n_in=n_in, pretrained=pretrained, metrics=list(metrics), cbs=cbs, **kwargs)
-    except (OSError, RuntimeError) as e:  # URLError is an OSError: no internet, or a firewall
+    except OSError as e:  # URLError is an OSError: no internet, or a firewall
         if not pretrained: raise
         print(f'Could not download the pretrained {arch} weights ({type(e).__name__}: {e}).\n'
               f'Going on from RANDOM weights: expect lower accuracy and more epochs. With internet access the '
@@ -692,7 +695,19 @@ def make_learner(dls, arch='resnet34', pretrained=True, n_in=1, metrics=(accurac
         return vision_learner(dls, ARCHS[arch], n_in=n_in, pretrained=False, metrics=list(metrics), cbs=cbs, **kwargs)
 
 
-def on_gpu(): return torch.cuda.is_available()
+def on_gpu():
+    "True on an NVIDIA GPU or an Apple GPU (fastai's `default_device` uses either)."
+    return default_device().type in ('cuda', 'mps')
+
+
+def use_fp16():
+    "Mixed precision where it pays and is supported: NVIDIA GPUs."
+    return torch.cuda.is_available()
+
+
+def pick_lr(cfg, learn):
+    "The configured learning rate, or, for 'auto', `lr_find` with the article's rule."
+    return float(cfg['lr']) if cfg['lr'] != 'auto' else find_lr(learn)[0]
 
 
 def wandb_logged_in() -> bool:
@@ -717,7 +732,8 @@ def start_wandb(mode='offline', project='kuzushiji-fastai', config=None, name=No
         mode = 'offline'
     if mode not in ('offline', 'online'): raise ValueError(f"W&B mode must be 'off', 'offline' or 'online', not {mode!r}")
     os.environ.setdefault('WANDB_SILENT', 'true')
-    run = wandb.init(project=project, config=config, name=name, mode=mode, dir=str(dir or ROOT), reinit='finish_previous',
+    dir = Path(dir or os.environ.get('WANDB_DIR') or OUT_DIR); dir.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(project=project, config=config, name=name, mode=mode, dir=str(dir), reinit='finish_previous',
                      settings=wandb.Settings(console='off', silent=True))
     if mode == 'offline':
         print(f'W&B: logging offline to {run.dir.rsplit("/files", 1)[0]}\n'
@@ -738,8 +754,10 @@ def finish_wandb(learn=None):
 def export(learn, path):
     "`learn.export` without the W&B callback (fastai's advice: a loaded learner would start W&B again)."
     finish_wandb(learn)
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    learn.export(path.resolve())
+    path = Path(path).resolve(); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + '.tmp')
+    learn.export(tmp)
+    os.replace(tmp, path)  # a crash never leaves a truncated file under the final name
     return path
 
 
@@ -785,7 +803,7 @@ def history(learn):
 
 def find_lr(learn, num_it=100):
     "`lr_find` with the article's rule; returns `(rate by the rule, fastai's valley)` and keeps the raw losses."
-    raw = RawLosses()
+    raw = RawLossRecorder()
     with learn.added_cbs(raw):
         sug = learn.lr_find(num_it=num_it, suggest_funcs=(article_rule, valley), show_plot=False)
     learn.raw_losses = raw.losses
@@ -794,30 +812,36 @@ def find_lr(learn, num_it=100):
 
 def make_config(dataset='kmnist', preset='article', **overrides):
     "A preset's settings with `overrides` (those that are not None) on top, plus the dataset and seed."
-    if preset not in PRESETS: raise ValueError(f"preset must be one of {', '.join(PRESETS)}, not {preset!r}")
-    cfg = dict(dataset=dataset, preset=preset, seed=42, valid_pct=0.1, wandb='offline', n_test=None)
-    cfg.update(PRESETS[preset])
+    presets = CALLIGRAPHY_PRESETS if dataset == 'calligraphy' else PRESETS
+    if preset not in presets: raise ValueError(f"preset must be one of {', '.join(presets)}, not {preset!r}")
+    cfg = dict(dataset=dataset, preset=preset, seed=42, valid_pct=0.2 if dataset == 'calligraphy' else 0.1,
+               wandb='offline', n_test=None)
+    cfg.update(presets[preset])
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     return cfg
 
 
-def run_training(cfg, data=None, log=print):
-    """Train once from a config (see `make_config`) and return the results: test and validation accuracy,
-    per-epoch history, wall time, images/s, device, library versions and the config. What `scripts/train.py` runs."""
+def load_for(cfg, data=None):
+    "A config's data: `(train, test, classes, dls)`, subsampled as the preset says, seeded."
     set_seed(cfg['seed'])
     (x, y), test, classes = load_arrays(data, dataset=cfg['dataset'])
     if cfg.get('n_train'): x, y = subsample(x, y, cfg['n_train'], cfg['seed'])
     if cfg.get('n_test'): test = subsample(*test, cfg['n_test'], cfg['seed'])
     dls = kmnist_dls((x, y), classes, valid_pct=cfg['valid_pct'], seed=cfg['seed'], bs=cfg['bs'], size=cfg['size'])
+    return (x, y), test, classes, dls
+
+
+def run_training(cfg, data=None, log=print):
+    """Train once from a config (see `make_config`) and return the results: test and validation accuracy,
+    per-epoch history, wall time, images/s, device, library versions and the config. What `scripts/train.py` runs."""
+    (x, y), test, classes, dls = load_for(cfg, data)
     cb = start_wandb(cfg['wandb'], config=cfg, name=f"{cfg['dataset']}-{cfg['preset']}-{cfg['arch']}-bs{cfg['bs']}")
     learn = make_learner(dls, cfg['arch'], pretrained=cfg['pretrained'], cbs=[cb] if cb else None)
-    if cfg['fp16'] and on_gpu(): learn.to_fp16()
-    lr = cfg['lr']
-    if lr == 'auto':
-        lr, lr_valley = find_lr(learn)
-        log(f'lr_find: article rule {lr:.2e} (fastai valley {lr_valley:.2e})')
+    if cfg['fp16'] and use_fp16(): learn.to_fp16()
+    lr = pick_lr(cfg, learn)
+    log(f'learning rate {lr:.2e}' + (" (lr_find with the article's rule)" if cfg['lr'] == 'auto' else ''))
     t0 = time.time()
-    learn.fit_one_cycle(cfg['epochs'], float(lr))
+    learn.fit_one_cycle(cfg['epochs'], lr)
     seconds = time.time() - t0
     hist = history(learn)  # before validate(), which overwrites the recorder's last values
     n_seen = cfg['epochs'] * len(dls.train) * cfg['bs']
@@ -827,7 +851,7 @@ def run_training(cfg, data=None, log=print):
     return dict(test_accuracy=float(test_acc), valid_accuracy=float(valid_acc), history=hist,
                 seconds=round(seconds, 1), images_per_second=round(n_seen / seconds, 1), device=device_name(),
                 cpu_cores=os.cpu_count(), versions=versions(), lr=float(lr),
-                config={**cfg, 'lr': cfg['lr']}, n_train=len(dls.train_ds), n_valid=len(dls.valid_ds), n_test=len(test[0])), learn
+                config=cfg, n_train=len(dls.train_ds), n_valid=len(dls.valid_ds), n_test=len(test[0])), learn
 
 
 def write_json(obj, path):
@@ -847,10 +871,10 @@ def batch_size_study(train, classes, cfg, sizes=(512, 256, 128), epochs=None, st
         set_seed(cfg['seed'])
         dls = kmnist_dls(train, classes, valid_pct=cfg['valid_pct'], seed=cfg['seed'], bs=bs, size=cfg['size'])
         cb = start_wandb(cfg['wandb'], config={**cfg, 'bs': bs}, name=f"bs-study-{cfg['arch']}-bs{bs}")
-        raw = RawLosses()
+        raw = RawLossRecorder()
         learn = make_learner(dls, cfg['arch'], pretrained=cfg['pretrained'], cbs=[c for c in (cb, raw) if c])
-        if cfg['fp16'] and on_gpu(): learn.to_fp16()
-        lr = float(cfg['lr']) * bs / cfg['bs'] if cfg['lr'] != 'auto' else find_lr(learn)[0]
+        if cfg['fp16'] and use_fp16(): learn.to_fp16()
+        lr = pick_lr(cfg, learn) * (bs / cfg['bs'] if cfg['lr'] != 'auto' else 1)  # scale a fixed rate with bs
         learn.fit_one_cycle(epochs or cfg['epochs'], lr)
         ok = loss_clearly_falling(smooth(raw.losses))
         runs.append(dict(bs=bs, lr=lr, ok=ok, losses=raw.losses, images=list(np.arange(1, len(raw.losses) + 1) * bs),
@@ -878,11 +902,11 @@ def plot_batch_size_study(runs):
 
 def save_lr(lr, dataset='kmnist'):
     "Remember the learning rate notebook 03 chose, for notebook 04."
-    write_json({'lr': float(lr)}, ROOT / 'results' / f'lr_{dataset}.json')
+    write_json({'lr': float(lr)}, OUT_DIR / 'results' / f'lr_{dataset}.json')
 
 
 def load_lr(dataset='kmnist', default=None):
-    p = ROOT / 'results' / f'lr_{dataset}.json'
+    p = OUT_DIR / 'results' / f'lr_{dataset}.json'
     return json.loads(p.read_text())['lr'] if p.exists() else default
 
 
@@ -964,13 +988,13 @@ def extract_zip(zip_path, dest, classes=CALLIGRAPHY_CLASSES, force=False, quiet=
         if tmp.exists(): shutil.rmtree(tmp)
         try:
             for info, c, rest in wanted:
-                # os.fsdecode keeps undecodable bytes as surrogates: the exact bytes land on disk (Linux)
-                target = Path(tmp, c, *(os.fsdecode(p) for p in rest))
+                # readable UTF-8 names (GBK decoded): every file system takes them, macOS's too
+                target = Path(tmp, c, *(readable(p) for p in rest))
                 if info.is_dir() or not rest: target.mkdir(parents=True, exist_ok=True); continue
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(target, 'wb') as out: shutil.copyfileobj(src, out, 1 << 20)
-        except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-            shutil.rmtree(tmp)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
             raise DownloadError(f'{zip_path.name} is damaged ({e}): delete it and download again.') from e
     for c in found:
         if (dest / c).exists(): shutil.rmtree(dest / c)
@@ -1050,7 +1074,7 @@ def _saved(dest: Path, classes) -> dict:
     "The result of an earlier `prepare`, read back from its CSV files."
     kept = dict.fromkeys(classes, 0)
     for r in _read_csv(dest / 'manifest.csv'): kept[r['class']] = kept.get(r['class'], 0) + 1
-    return {'kept': kept, 'skipped': _read_csv(dest / 'report.csv'), 'path': dest}
+    return {'kept': kept, 'skipped': read_report(dest), 'path': dest}
 
 
 def _collect(src: Path, classes):
@@ -1095,6 +1119,9 @@ def prepare(src, dest, max_side=384, force=False, classes=CALLIGRAPHY_CLASSES, q
         if not quiet: print(f'  {dest}: already prepared')
         return _saved(dest, classes)
     files, skipped = _collect(src, classes)
+    if not files:
+        raise FileNotFoundError(f'{src} holds none of the class folders {", ".join(classes)}: pass the folder that '
+                                f'contains them.')
     in_classes = {}
     for c, fs in files.items():
         for _, _, m in fs: in_classes.setdefault(m, set()).add(c)
@@ -1124,6 +1151,8 @@ def prepare(src, dest, max_side=384, force=False, classes=CALLIGRAPHY_CLASSES, q
                 manifest.append({'file': out, 'class': c, 'source': row['file'], 'source_md5': m,
                                  'width': im.width, 'height': im.height})
                 kept[c] += 1
+        if not sum(kept.values()):
+            raise ValueError(f'No usable image in {src}: every file was skipped ({len(skipped)} files). Is it the right folder?')
         _write_csv(tmp / 'report.csv', REPORT_COLUMNS, skipped)
         _write_csv(tmp / 'manifest.csv', MANIFEST_COLUMNS, manifest)  # written last: it marks a complete folder
     except BaseException:
@@ -1143,4 +1172,124 @@ def prepare(src, dest, max_side=384, force=False, classes=CALLIGRAPHY_CLASSES, q
 def calligraphy_report(dest):
     "The skipped files of a prepared folder (`dest/report.csv`) as a DataFrame: file, class, reason."
     import pandas as pd
-    return pd.read_csv(Path(dest) / 'report.csv', dtype=str, keep_default_na=False)
+    return pd.DataFrame(read_report(dest), columns=REPORT_COLUMNS)
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. Calligraphy styles: DataLoaders at any size, and progressive resizing (128 px, then 256 px)
+# ---------------------------------------------------------------------------------------------
+from fastai.vision.all import (RandomSplitter, Resize, get_image_files, imagenet_stats, parent_label)
+
+
+def calligraphy_dls(path, size=128, bs=32, valid_pct=0.2, seed=42, device=None):
+    """DataLoaders from class folders at `size` pixels: seeded 20% validation split, fastai's presizing (resize
+    items a little larger, then crop and augment whole batches), no flips (calligraphy is never mirrored: a
+    mirrored character is a different shape, or none), ImageNet normalisation (the pretrained weights expect it)."""
+    dblock = DataBlock(blocks=(ImageBlock, CategoryBlock), get_items=get_image_files, get_y=parent_label,
+                       splitter=RandomSplitter(valid_pct, seed=seed), item_tfms=Resize(int(size * 1.25)),
+                       batch_tfms=[*aug_transforms(size=size, do_flip=False, max_rotate=5., min_scale=0.75),
+                                   Normalize.from_stats(*imagenet_stats)])
+    return dblock.dataloaders(path, bs=bs, device=device or default_device())
+
+
+class SeenSizes(Callback):
+    "Record the (height, width) of every training batch the model saw (until `sizes.clear()`), to check resizing."
+    order = 90
+    def __init__(self): self.sizes = set()
+    def before_batch(self):
+        if self.training: self.sizes.add(tuple(self.xb[0].shape[-2:]))
+
+
+CALLIGRAPHY_PRESETS = {
+    # The article's recipe (with a ResNet34; it used a ResNet50): 128 px, then 256 px, frozen then unfrozen each.
+    'article': dict(arch='resnet34', sizes=(128, 256), bs=32, frozen=3, unfrozen=4, lr='auto', pretrained=True,
+                    fp16=True, n_per_class=None),
+    # A laptop: a ResNet18 at half the sizes.
+    'cpu': dict(arch='resnet18', sizes=(64, 128), bs=32, frozen=1, unfrozen=2, lr='auto', pretrained=True,
+                fp16=False, n_per_class=None),
+    # Tests: the real sizes, tiny data, one epoch per phase, fixed rates (no lr_find).
+    'quick': dict(arch='resnet18', sizes=(128, 256), bs=8, frozen=1, unfrozen=1, lr=1e-3, pretrained=False,
+                  fp16=False, n_per_class=12),
+}
+
+
+def calligraphy_folder(data=None, quiet=False):
+    """A prepared folder to train on. Our own `prepare` output is used as it is; any other folder of class
+    folders (a download you made by hand, a classroom copy) is prepared once into `data/cache/`."""
+    if data is None: return download('calligraphy', quiet=quiet)
+    data = Path(data)
+    if (data / 'prepared' / 'manifest.csv').exists(): data = data / 'prepared'  # the folder `download` filled
+    if (data / 'manifest.csv').exists() and (data / 'report.csv').exists(): return data
+    if not data.is_dir() or not any((data / c).is_dir() for c in CALLIGRAPHY_CLASSES):
+        raise FileNotFoundError(f'{data} holds none of the class folders {", ".join(CALLIGRAPHY_CLASSES)}: pass the '
+                                f'folder that contains them (or run scripts/download_data.py --dataset calligraphy).')
+    cache = DATA_DIR / 'cache' / f'calligraphy-{hashlib.md5(str(data.resolve()).encode()).hexdigest()[:8]}'
+    return prepare(data, cache, quiet=quiet)['path']
+
+
+def limit_per_class(path, n, seed=42):
+    "A folder of symlinks to at most `n` images per class (quick runs on a big folder)."
+    if not n: return path
+    key = hashlib.md5(f'{Path(path).resolve()}|{n}|{seed}'.encode()).hexdigest()[:8]
+    out = DATA_DIR / 'cache' / f'calligraphy-subset-{key}'
+    if out.exists() and (out / '.complete').exists(): return out
+    tmp = out.with_name(out.name + '.tmp')
+    if tmp.exists(): shutil.rmtree(tmp)
+    rng = random.Random(seed)
+    for c in sorted(p for p in path.iterdir() if p.is_dir()):
+        files = sorted(get_image_files(c)); rng.shuffle(files)
+        (tmp / c.name).mkdir(parents=True)
+        for f in files[:n]: (tmp / c.name / f.name).symlink_to(f.resolve())
+    (tmp / '.complete').touch()
+    if out.exists(): shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def progressive_resizing(cfg, data=None, log=print):
+    """The calligraphy recipe, headless: stage 1 at `sizes[0]` (frozen, then unfrozen with discriminative rates),
+    stage 2 at `sizes[1]` on the same learner (frozen, then unfrozen). Returns (results, learner)."""
+    set_seed(cfg['seed'])
+    path = calligraphy_folder(data, quiet=True)
+    skipped = read_report(path)
+    path = limit_per_class(path, cfg.get('n_per_class'))
+    seen = SeenSizes()
+    cb = start_wandb(cfg['wandb'], config=cfg, name=f"calligraphy-{cfg['preset']}-{cfg['arch']}")
+    stages, hist, t0, n_seen = [], [], time.time(), 0
+    learn = None
+    for stage, size in enumerate(cfg['sizes'], 1):
+        dls = calligraphy_dls(path, size=size, bs=cfg['bs'], valid_pct=cfg['valid_pct'], seed=cfg['seed'])
+        if learn is None:
+            learn = make_learner(dls, cfg['arch'], pretrained=cfg['pretrained'], n_in=3,
+                                 cbs=[c for c in (cb, seen) if c])
+            if cfg['fp16'] and use_fp16(): learn.to_fp16()
+        else:
+            learn.dls = dls  # progressive resizing: same weights, bigger images
+        seen.sizes.clear()
+        learn.freeze()
+        lr = pick_lr(cfg, learn)
+        learn.fit_one_cycle(cfg['frozen'], lr)
+        hist += [{'stage': stage, 'size': size, 'phase': 'frozen', **r} for r in history(learn)]
+        learn.unfreeze()
+        lr2 = pick_lr(cfg, learn)
+        learn.fit_one_cycle(cfg['unfrozen'], slice(lr2 / 100, lr2))
+        hist += [{'stage': stage, 'size': size, 'phase': 'unfrozen', **r} for r in history(learn)]
+        n_seen += (cfg['frozen'] + cfg['unfrozen']) * len(dls.train) * cfg['bs']
+        _, acc, _ = learn.validate()
+        stages.append({'stage': stage, 'size': size, 'seen_sizes': sorted(seen.sizes), 'valid_accuracy': float(acc),
+                       'lr_frozen': float(lr), 'lr_unfrozen': [float(lr2) / 100, float(lr2)]})
+        log(f"stage {stage} at {size} px: validation accuracy {acc:.4f}")
+    seconds = time.time() - t0
+    finish_wandb(learn)
+    res = dict(test_accuracy=None, valid_accuracy=stages[-1]['valid_accuracy'], stages=stages, history=hist,
+               skipped=skipped, seconds=round(seconds, 1), images_per_second=round(n_seen / seconds, 1),
+               device=device_name(), cpu_cores=os.cpu_count(), versions=versions(), config=cfg,
+               n_train=len(learn.dls.train_ds), n_valid=len(learn.dls.valid_ds),
+               note='no official test set: the validation set (seeded 20%) is the score')
+    return res, learn
+
+
+def read_report(path):
+    "The preparation report of a prepared folder as a list of {'file', 'class', 'reason'}."
+    p = Path(path) / 'report.csv'
+    return _read_csv(p) if p.exists() else []

@@ -194,7 +194,7 @@ def repo_zip(path):
     return write_zip(path, entries)
 
 
-def test_extract_zip_keeps_raw_names(tmp_path):
+def test_extract_zip_decodes_gbk_names(tmp_path):
     z = repo_zip(tmp_path / 'a.zip')
     with zipfile.ZipFile(z) as zf:
         gbk = [i for i in zf.infolist() if i.filename.endswith('.jpg') and not i.filename.isascii()]
@@ -202,10 +202,9 @@ def test_extract_zip_keeps_raw_names(tmp_path):
     dest = h.extract_zip(z, tmp_path / 'raw', quiet=True)
     assert sorted(os.listdir(dest)) == sorted(h.CALLIGRAPHY_CLASSES)  # README, nbs/ and data/other/ left out
     for c, files in class_files().items():
-        bdir = os.fsencode(dest / c)
-        assert sorted(os.listdir(bdir)) == sorted(files)           # exact bytes, GBK and undecodable included
-        for n, d in files.items():
-            with open(os.path.join(bdir, n), 'rb') as f: assert f.read() == d
+        # readable UTF-8 names (GBK decoded, undecodable bytes as their repr): every file system takes them
+        assert sorted(os.listdir(dest / c)) == sorted(h.readable(n) for n in files)
+        for n, d in files.items(): assert (dest / c / h.readable(n)).read_bytes() == d
     marker = dest / 'kaishu' / 'a_rgb.jpg'
     marker.write_bytes(b'changed')
     h.extract_zip(z, dest, quiet=True)                            # already there: nothing rewritten
@@ -250,7 +249,7 @@ def test_download_calligraphy_end_to_end(tmp_path, http_server, monkeypatch):
     out = h.download('calligraphy', dest=dest, mirror=srv.url, max_side=MAX, quiet=True)
     assert out == dest / 'prepared' and (dest / h.CALLIGRAPHY_ZIP).is_file()
     assert [p for p, _ in srv.requests] == ['/' + h.CALLIGRAPHY_ZIP]
-    assert GBK in os.listdir(os.fsencode(dest / 'raw' / 'kaishu'))
+    assert '楷书样本.jpg' in os.listdir(dest / 'raw' / 'kaishu')
     res = h.prepare(dest / 'raw', out, quiet=True)                # the saved result
     check_prepared(res, out, {r for r in EXPECTED_REPORT if r[1]})  # only class folders are extracted
     def boom(*a, **k): raise AssertionError('decoded again')

@@ -1,0 +1,169 @@
+"""Training helpers and scripts/train.py: the LR rule, W&B (offline, never prompting, off), export, presets."""
+import json, os, subprocess, sys, urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import helpers as h
+from conftest import ROOT, synthetic_kmnist, write_kmnist
+from test_calligraphy_data import EXPECTED_REPORT, class_files, img_bytes
+
+CHARS = list('おきすつなはまやれを')
+
+
+def test_article_rule_on_a_curve_with_known_minimum():
+    lrs = np.logspace(-7, 1, 100)
+    losses = (np.log10(lrs) - np.log10(3e-3)) ** 2 + 1.0  # lowest at lr = 3e-3
+    lr, (lr_min, loss_min) = h.article_rule(lrs, losses, 100)
+    assert lr_min == pytest.approx(3e-3, rel=0.1) and loss_min == pytest.approx(1.0, abs=0.01)  # on the sampled grid
+    assert lr == pytest.approx(lr_min / 10)
+
+
+def test_smooth_is_fastais_debiased_ewma():
+    assert h.smooth([2.0]) == [pytest.approx(2.0)]  # debiased: the first value is the value itself
+    s = h.smooth([1.0] * 50 + [5.0] * 50)
+    assert s[49] == pytest.approx(1.0) and 1.0 < s[60] < 5.0 and s[99] < 5.0  # it lags behind a jump
+
+
+def test_loss_clearly_falling():
+    assert h.loss_clearly_falling(np.linspace(2.3, 0.3, 100))
+    assert not h.loss_clearly_falling(np.full(100, 2.3))
+    assert not h.loss_clearly_falling([2.3] * 50 + [float('nan')] * 50)
+
+
+@pytest.fixture
+def kmnist_data(tmp_path):
+    write_kmnist(tmp_path / 'kmnist', n_train=200, n_test=50)
+    return tmp_path / 'kmnist'
+
+
+@pytest.fixture
+def no_wandb_login(tmp_path, monkeypatch):
+    "No key anywhere: W&B must neither prompt nor block."
+    monkeypatch.delenv('WANDB_API_KEY', raising=False)
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))  # no ~/.netrc
+    monkeypatch.setenv('WANDB_DIR', str(tmp_path))
+    monkeypatch.delenv('WANDB_MODE', raising=False)
+    return tmp_path
+
+
+def _tiny_learner(cbs=None, way='tensor'):
+    (x, y), _ = synthetic_kmnist(64, 10)
+    dls = h.kmnist_dls((x, y), CHARS, way=way, bs=16, device='cpu')
+    return h.make_learner(dls, 'kmnist_cnn', cbs=cbs)
+
+
+def test_wandb_callback_trains_offline_and_export_drops_it(no_wandb_login, tmp_path):
+    "WandbCallback crashes in before_fit on fastai 2.8.9-2.8.12 (fastai issue 4173): this fails if that comes back."
+    from fastai.callback.wandb import WandbCallback
+    from fastai.vision.all import load_learner
+    cb = h.start_wandb('offline', config={'test': 1}, dir=tmp_path)
+    learn = _tiny_learner(cbs=cb)
+    learn.fit_one_cycle(1, 1e-2)
+    run_dirs = list((tmp_path / 'wandb').glob('offline-run-*'))
+    assert len(run_dirs) == 1 and list(run_dirs[0].glob('run-*.wandb')), 'offline logs must be on disk'
+    h.export(learn, tmp_path / 'm.pkl')
+    assert not any(isinstance(c, WandbCallback) for c in load_learner(tmp_path / 'm.pkl').cbs)
+
+
+def test_wandb_online_without_login_falls_back_to_offline(no_wandb_login, tmp_path, capsys):
+    cb = h.start_wandb('online', dir=tmp_path)
+    assert cb is not None and 'not logged in' in capsys.readouterr().out
+    import wandb
+    assert wandb.run.settings.mode == 'offline'
+    h.finish_wandb()
+
+
+def test_wandb_off_is_off(no_wandb_login, tmp_path):
+    assert h.start_wandb('off') is None and h.start_wandb(None) is None
+    with pytest.raises(ValueError): h.start_wandb('sometimes')
+
+
+def test_pretrained_offline_falls_back_to_random_weights(monkeypatch, capsys):
+    import fastai.vision.learner as vl
+    real = h.vision_learner
+    def no_net(*a, pretrained=True, **k):
+        if pretrained: raise urllib.error.URLError('no internet')
+        return real(*a, pretrained=False, **k)
+    monkeypatch.setattr(h, 'vision_learner', no_net)
+    (x, y), _ = synthetic_kmnist(40, 10)
+    learn = h.make_learner(h.kmnist_dls((x, y), CHARS, bs=8, device='cpu'), 'resnet18', pretrained=True)
+    assert 'Going on from RANDOM weights' in capsys.readouterr().out and learn.model is not None
+
+
+def run_train(args, tmp_path, timeout=600):
+    "scripts/train.py in a subprocess with no terminal and no W&B login."
+    env = {**os.environ, 'HOME': str(tmp_path / 'home'), 'WANDB_DIR': str(tmp_path), 'KUZUSHIJI_DATA': str(tmp_path / 'data')}
+    env.pop('WANDB_API_KEY', None)
+    return subprocess.run([sys.executable, str(ROOT / 'scripts' / 'train.py'), *args], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_train_quick_writes_results(kmnist_data, tmp_path):
+    out = tmp_path / 'r' / 'results.json'
+    p = run_train(['--dataset', 'kmnist', '--data', str(kmnist_data), '--out', str(out), '--preset', 'quick',
+                   '--wandb', 'offline'], tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(out.read_text())
+    for k in ('test_accuracy', 'valid_accuracy', 'history', 'seconds', 'images_per_second', 'device', 'versions', 'config'):
+        assert k in r, k
+    assert 0 <= r['test_accuracy'] <= 1 and r['n_test'] == 50 and r['n_train'] + r['n_valid'] == 200
+    assert len(r['history']) == r['config']['epochs'] == 3 and r['images_per_second'] > 0
+    assert r['versions']['fastai'] == '2.8.8' and r['config']['arch'] == 'kmnist_cnn'
+    assert list((tmp_path / 'wandb').glob('offline-run-*')), 'the offline W&B run is on disk'
+    assert not list(out.parent.glob('*.tmp'))
+
+
+def test_train_overrides_and_wandb_off(kmnist_data, tmp_path):
+    import train
+    out = tmp_path / 'o.json'
+    assert train.main(['--data', str(kmnist_data), '--out', str(out), '--preset', 'quick', '--epochs', '1',
+                       '--bs', '16', '--lr', '3e-3', '--seed', '7', '--wandb', 'off']) == 0
+    r = json.loads(out.read_text())
+    assert (r['config']['epochs'], r['config']['bs'], r['lr'], r['config']['seed']) == (1, 16, 3e-3, 7)
+    assert not (tmp_path / 'wandb').exists()
+
+
+def test_train_missing_data_is_a_clear_error(tmp_path, capsys):
+    import train
+    assert train.main(['--data', str(tmp_path / 'nowhere'), '--out', str(tmp_path / 'x.json'), '--preset', 'quick',
+                       '--wandb', 'off']) == 1
+    assert 'download_data.py' in capsys.readouterr().err and not (tmp_path / 'x.json').exists()
+
+
+def make_calligraphy_folders(root, extra=12):
+    "The planted-fault class folders of test_calligraphy_data plus `extra` distinct images per class."
+    for i, (c, files) in enumerate(class_files().items()):
+        d = os.path.join(os.fsencode(root), c.encode()); os.makedirs(d, exist_ok=True)
+        for n, data in files.items():
+            with open(os.path.join(d, n), 'wb') as f: f.write(data)
+        for j in range(extra):
+            with open(os.path.join(d, f'extra_{j}.jpg'.encode()), 'wb') as f:
+                f.write(img_bytes(160 + 8 * j, 200, seed=1000 * (i + 1) + j))
+    return Path(root)
+
+
+def test_calligraphy_no_flips(tmp_path):
+    from fastai.vision.all import Dihedral, Flip
+    src = make_calligraphy_folders(tmp_path / 'src', extra=3)
+    dls = h.calligraphy_dls(h.prepare(src, tmp_path / 'prep', quiet=True)['path'], size=64, bs=4, device='cpu')
+    tfms = [type(t) for t in dls.train.after_batch.fs]
+    assert Flip not in tfms and Dihedral not in tfms and h.Normalize in tfms
+
+
+def test_train_calligraphy_quick_progressive_resizing(tmp_path):
+    src = make_calligraphy_folders(tmp_path / 'src')
+    out = tmp_path / 'c.json'
+    p = run_train(['--dataset', 'calligraphy', '--data', str(src), '--out', str(out), '--preset', 'quick',
+                   '--wandb', 'off'], tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert [s['size'] for s in r['stages']] == [128, 256]
+    assert [s['seen_sizes'] for s in r['stages']] == [[[128, 128]], [[256, 256]]]  # what the model really saw
+    assert all(0 <= s['valid_accuracy'] <= 1 for s in r['stages']) and r['test_accuracy'] is None
+    expected = {e for e in EXPECTED_REPORT if e[1]}  # these folders hold only the class folders
+    got = {(s['file'], s['class'], s['reason'][:len(e[2])]) for s in r['skipped'] for e in expected
+           if (s['file'], s['class']) == e[:2]}
+    assert got == expected and len(r['skipped']) == len(expected)
+    assert {x['phase'] for x in r['history']} == {'frozen', 'unfrozen'}
