@@ -273,12 +273,17 @@ def extract_tar(tar_path, dest, quiet=False) -> Path:
         tmp = dest / f'.{tar_path.stem}.extracting'
         if tmp.exists(): shutil.rmtree(tmp)
         tf.extractall(tmp, members=members)
-    for t in tops:
-        if (dest / t).exists(): shutil.rmtree(dest / t)
-        os.replace(tmp / t, dest / t)
-    tmp.rmdir()
+    _move_into_place(tmp, dest, tops)
     if not quiet: print(f'  {tar_path.name}: extracted {len(members)} entries into {dest}')
     return dest
+
+
+def _move_into_place(tmp, dest, names):
+    "Replace each `dest/<name>` with the freshly extracted `tmp/<name>`, then remove the empty `tmp`."
+    for n in names:
+        if (dest / n).exists(): shutil.rmtree(dest / n)
+        os.replace(tmp / n, dest / n)
+    tmp.rmdir()
 
 
 def list_files(dataset=None):
@@ -996,10 +1001,7 @@ def extract_zip(zip_path, dest, classes=CALLIGRAPHY_CLASSES, force=False, quiet=
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
             shutil.rmtree(tmp, ignore_errors=True)
             raise DownloadError(f'{zip_path.name} is damaged ({e}): delete it and download again.') from e
-    for c in found:
-        if (dest / c).exists(): shutil.rmtree(dest / c)
-        os.replace(tmp / c, dest / c)
-    tmp.rmdir()
+    _move_into_place(tmp, dest, found)
     if not quiet: print(f'  {zip_path.name}: extracted {len(wanted)} entries into {dest}')
     return dest
 
