@@ -1,7 +1,10 @@
 #!/usr/bin/env python
-"""Images per second of the KMNIST DataLoaders alone (no model), for each way of building them.
+"""Images per second of the KMNIST DataLoaders alone (no model), for each way of building them, and of training.
 
-    python scripts/benchmark_loaders.py --data data/kmnist [--out results/loaders.json]
+    python scripts/benchmark_loaders.py --data data/kmnist [--arch resnet34] [--out results/loaders.json]
+
+With --arch it also times training steps of that model on the tensor loader: if training is far slower than the
+loader alone, the GPU never waits for data.
 
 The DataBlock way makes one PIL image per item; the tensor way slices whole batches from one tensor.
 Augmentation runs on the loader's device (the GPU when there is one), so it is timed separately."""
@@ -17,6 +20,7 @@ def main(argv=None):
     p.add_argument('--data', default=None, help='folder with the KMNIST files (default data/kmnist)')
     p.add_argument('--bs', type=int, default=128)
     p.add_argument('--batches', type=int, default=50)
+    p.add_argument('--arch', choices=list(h.ARCHS), help='also time training steps of this model')
     p.add_argument('--out')
     a = p.parse_args(argv)
     try:
@@ -31,6 +35,14 @@ def main(argv=None):
             key = f'{way}{"+augment" if augment else ""}'
             res['images_per_second'][key] = round(h.benchmark_loader(dl, n_batches=n))
             print(f'{key:20s} {res["images_per_second"][key]:>10,} images/s', flush=True)
+    if a.arch:
+        dls = h.kmnist_dls((x, y), classes, bs=a.bs)
+        learn = h.make_learner(dls, a.arch, pretrained=False)
+        if h.use_fp16(): learn.to_fp16()
+        key = f'training {a.arch}'
+        res['images_per_second'][key] = round(h.training_speed(learn, n_batches=20 if h.on_gpu() else 5))
+        print(f'{key:20s} {res["images_per_second"][key]:>10,} images/s (loader with augmentation: '
+              f'{res["images_per_second"]["tensor+augment"]:,})', flush=True)
     print(f'on {res["device"]}, {res["cpu_cores"]} CPU cores')
     if a.out: h.write_json(res, a.out)
 

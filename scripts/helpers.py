@@ -551,7 +551,9 @@ def benchmark_loader(dl, n_batches=50, warmup=2):
 # ---------------------------------------------------------------------------------------------
 def japanese_font():
     "Use IPAexGothic (shipped by matplotlib-fontja, works offline and in Colab) so characters show, not boxes."
+    import logging
     import matplotlib_fontja  # noqa: F401  (sets matplotlib's font family on import)
+    logging.getLogger('matplotlib.font_manager').setLevel(logging.ERROR)  # it has no bold: no warning per title
 
 
 def label_name(char):
@@ -665,8 +667,8 @@ def plot_lr_find(learn, raw, lr_rule, lr_valley=None):
     ax.plot(lrs[i], sm[i], 'o', color='C3', ms=9, label=f'minimum of smoothed loss, lr={lrs[i]:.1e}')
     ax.axvline(lr_rule, color='C3', ls='--', label=f'article rule: minimum / 10 = {lr_rule:.1e}')
     if lr_valley: ax.axvline(lr_valley, color='C2', ls=':', lw=2, label=f'fastai valley = {lr_valley:.1e}')
-    top = max(sm[:n]) * 1.5 if n else 1
-    ax.set(xscale='log', xlabel='learning rate (log scale)', ylabel='loss', ylim=(0, min(top, max(raw[:n]) if n else 1)))
+    lo, hi = min(min(raw[:n]), min(sm[:n])), max(sm[:i + 1])  # the curve up to its minimum; the blow-up is clipped
+    ax.set(xscale='log', xlabel='learning rate (log scale)', ylabel='loss', ylim=(lo - 0.1 * (hi - lo), hi + 0.3 * (hi - lo)))
     ax.legend(fontsize=9); fig.tight_layout()
     return fig
 
@@ -921,10 +923,12 @@ def training_speed(learn, n_batches=5):
     it, seen = iter(learn.dls.train), 0
     xb, yb = next(it)
     learn.loss_func(model(xb), yb).backward()  # warm up
+    amp = torch.autocast('cuda', dtype=torch.float16, enabled=use_fp16())  # as to_fp16() trains on a GPU
     t0 = time.perf_counter()
     for _ in range(n_batches):
         xb, yb = next(it)
-        loss = learn.loss_func(model(xb), yb); loss.backward(); opt.step(); opt.zero_grad()
+        with amp: loss = learn.loss_func(model(xb), yb)
+        loss.backward(); opt.step(); opt.zero_grad()
         seen += len(xb)
     if on_gpu(): torch.cuda.synchronize()
     return seen / (time.perf_counter() - t0)
