@@ -398,7 +398,7 @@ def subsample(x, y, n, seed=0):
 # ---------------------------------------------------------------------------------------------
 # 5. NumPy arrays to fastai DataLoaders (fastai v1's `ImageDataBunch` became v2's `DataLoaders`)
 # ---------------------------------------------------------------------------------------------
-from fastai.vision.all import (Category, CategoryBlock, CrossEntropyLossFlat, DataBlock, DataLoaders, ImageBlock, IndexSplitter,
+from fastai.vision.all import (Category, CategoryBlock, CategoryMap, CrossEntropyLossFlat, DataBlock, DataLoaders, ImageBlock, IndexSplitter,
                                IntToFloatTensor, Normalize, PILImageBW, TensorCategory, TensorImageBW, TfmdDL,
                                aug_transforms, default_device)
 import torch
@@ -429,7 +429,9 @@ class ArrayDataset:
     def __init__(self, x, y=None, vocab=None, split_idx=None):
         self.x = torch.as_tensor(np.asarray(x, dtype=np.uint8))
         self.y = None if y is None else torch.as_tensor(np.asarray(y)).long()
-        self.vocab, self.split_idx = vocab, split_idx
+        # a CategoryMap, as fastai's `Categorize` makes: a plain list reads as one vocab per target to fastai
+        self.vocab = vocab if vocab is None or isinstance(vocab, CategoryMap) else CategoryMap(list(vocab), sort=False)
+        self.split_idx = split_idx
         self.loss_func = CrossEntropyLossFlat()  # what fastai's `Categorize` would tell the Learner
 
     def __len__(self): return len(self.x)
@@ -466,7 +468,7 @@ class ArrayDataset:
             if a.ndim == 3 and a.shape[0] == 1: a = a[0]
             if a.ndim != 2: raise ValueError(f'Expected a grayscale image (H, W), got shape {a.shape}.')
             return a
-        def lbl(o): return vocab.index(o) if isinstance(o, str) else int(o)
+        def lbl(o): return list(vocab).index(o) if isinstance(o, str) else int(o)
         items = list(items)
         xs = np.stack([img(o[0] if with_labels else o) for o in items]) if items else np.zeros((0, 28, 28), np.uint8)
         ys = [lbl(o[1]) for o in items] if with_labels else None
@@ -896,13 +898,16 @@ def batch_size_study(train, classes, cfg, sizes=(512, 256, 128), epochs=None, st
 def plot_batch_size_study(runs):
     "Training loss against images seen (so batch sizes compare fairly) and validation accuracy per epoch."
     import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={'width_ratios': [3, 2]})
+    accs = [r['history'][-1]['accuracy'] for r in runs]
     for r in runs:
         a.plot(r['images'], smooth(r['losses']), label=f"bs {r['bs']}{'' if r['ok'] else ' (misbehaves)'}")
-        b.plot([h['epoch'] + 1 for h in r['history']], [h['accuracy'] for h in r['history']], 'o-', label=f"bs {r['bs']}")
     a.set(xlabel='training images seen', ylabel='training loss (smoothed)', title='Training loss')
-    b.set(xlabel='epoch', ylabel='validation accuracy', title='Validation accuracy')
-    for ax in (a, b): ax.legend(); ax.grid(alpha=0.3)
+    a.legend(); a.grid(alpha=0.3)
+    bars = b.bar([f"bs {r['bs']}" for r in runs], accs, color=[f'C{i}' for i in range(len(runs))])
+    b.bar_label(bars, labels=[f'{v:.2%}' for v in accs])
+    lo = min(accs)
+    b.set(ylabel='validation accuracy', title='After the last epoch', ylim=(max(0, lo - 2 * (1 - lo) - 0.01), 1))
     fig.tight_layout()
     return fig
 

@@ -167,3 +167,13 @@ def test_train_calligraphy_quick_progressive_resizing(tmp_path):
            if (s['file'], s['class']) == e[:2]}
     assert got == expected and len(r['skipped']) == len(expected)
     assert {x['phase'] for x in r['history']} == {'frozen', 'unfrozen'}
+
+
+@pytest.mark.parametrize('way', ['tensor', 'datablock'])
+def test_interpretation_sees_every_class(way):
+    "A plain-list vocab made fastai's ClassificationInterpretation see one class (a 1x1 confusion matrix)."
+    from fastai.vision.all import ClassificationInterpretation
+    learn = _tiny_learner(way=way)
+    interp = ClassificationInterpretation.from_learner(learn)
+    assert list(interp.vocab) == CHARS and interp.confusion_matrix().shape == (10, 10)
+    assert interp.confusion_matrix().sum() == len(learn.dls.valid_ds)
