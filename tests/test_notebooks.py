@@ -87,7 +87,7 @@ def test_04_train(nb_env):
     assert 'W&B: logging offline to' in text(nb, 'learner') and 'wandb sync' in text(nb, 'learner')
     for tag in ('sched', 'loss', 'confusion', 'top-losses', 'study-plot'):
         assert images(nb, tag), tag
-    assert re.search(r"\('\S', '\S', \d+\)", text(nb, 'confused')), 'most_confused lists (actual, predicted, count)'
+    assert re.search(r"\('\S', '\S', (np\.int64\()?\d+", text(nb, 'confused')), 'most_confused: (actual, predicted, count)'
     acc = float(re.search(r'test accuracy ([\d.]+)', text(nb, 'test')).group(1))
     assert acc > 0.25, 'chance is 0.10 (10 classes, 60 images): training must have learned something'
     m = re.search(r'predicted (\S) \(\w+\) with probability ([\d.]+); the answer is (\S)', text(nb, 'predict'))
