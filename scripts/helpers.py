@@ -31,10 +31,6 @@ QUICK = os.environ.get('KUZUSHIJI_QUICK', '') not in ('', '0', 'false', 'False')
 "Quick mode (tests, CI): small data, tiny epochs. Colab and you run the same cells at full size."
 
 
-def in_colab() -> bool:
-    return 'google.colab' in sys.modules
-
-
 def set_seed(seed: int = 42):
     "Seed Python, NumPy and torch (fastai's `set_seed`; cuDNN's autotuner stays on, so GPU runs stay fast)."
     from fastai.torch_core import set_seed as _set_seed
@@ -627,7 +623,7 @@ def device_name():
 # ---------------------------------------------------------------------------------------------
 # 7. Training: learning rates, learners, W&B, presets, one reproducible run
 # ---------------------------------------------------------------------------------------------
-from fastai.vision.all import (Callback, ConvLayer, Flatten, Learner, ResBlock, accuracy, error_rate, get_c, minimum,
+from fastai.vision.all import (Callback, ConvLayer, Flatten, Learner, ResBlock, accuracy, error_rate, get_c,
                                resnet18, resnet34, resnet50, valley, vision_learner)
 from torch import nn
 
