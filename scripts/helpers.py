@@ -235,8 +235,8 @@ def download(dataset='kmnist', fmt=None, dest=None, mirror=None, force=False, md
         if not quiet: print(f'  calligraphy: already prepared in {dest / "prepared"}')
         return dest / 'prepared'
     md5s = {**_md5_table(), **(md5s or {})}
+    if dataset == 'calligraphy': kwargs.setdefault('timeout', 60.)  # GitHub builds the zip before sending a byte
     for name, md5 in dataset_files(dataset, fmt):
-        if dataset == 'calligraphy': kwargs.setdefault('timeout', 60.)  # GitHub builds the zip before sending
         download_file(name, md5s.get(name, md5), dest, mirror=mirror, dataset=dataset, force=force,
                       quiet=quiet, **kwargs)
     if dataset == 'kkanji': extract_tar(dest / 'kkanji.tar', dest, quiet=quiet)
@@ -491,14 +491,15 @@ class ArrayDL(TfmdDL):
         return super().new(dataset, cls, **kwargs)
 
 
-def kmnist_dls(train, classes, test=None, way='tensor', valid_pct=0.1, seed=42, bs=128, device=None,
-               augment=True, size=None):
+def kmnist_dls(train, classes, way='tensor', valid_pct=0.1, seed=42, bs=128, device=None, augment=True, size=None):
     """fastai `DataLoaders` from `(x, y)` NumPy arrays: a seeded validation split taken from the training set,
     normalisation with the training set's statistics, augmentation for characters (train only).
 
     `way='tensor'` slices batches straight from tensors (fast; for training). `way='datablock'` is the textbook
     DataBlock with one PIL image per item (about 1,500 images/s per core: fine to look at, too slow to feed a GPU).
+    `size` resizes batches (on the GPU) as part of the augmentation, so it needs `augment=True`.
     The official test set is never part of these: make it with `test_dl(dls, test)` for the final score."""
+    if size and not augment: raise ValueError('size is applied by the augmentation: use augment=True with it')
     x, y = train
     t_idx, v_idx = split_indices(len(x), valid_pct, seed)
     mean, std = image_stats(x[t_idx])
@@ -710,6 +711,13 @@ def use_fp16():
     return torch.cuda.is_available()
 
 
+def learner_for(cfg, dls, cbs=(), n_in=1):
+    "The config's learner: architecture, pretrained or not, mixed precision on an NVIDIA GPU if the preset says so."
+    learn = make_learner(dls, cfg['arch'], pretrained=cfg['pretrained'], n_in=n_in, cbs=[c for c in cbs if c] or None)
+    if cfg['fp16'] and use_fp16(): learn.to_fp16()
+    return learn
+
+
 def pick_lr(cfg, learn):
     "The configured learning rate, or, for 'auto', `lr_find` with the article's rule."
     return float(cfg['lr']) if cfg['lr'] != 'auto' else find_lr(learn)[0]
@@ -797,13 +805,9 @@ def versions():
 
 
 def history(learn):
-    "Per-epoch rows of fastai's recorder: epoch, train_loss, valid_loss, metrics, time."
-    names = [n for n in learn.recorder.metric_names if n != 'epoch']
-    rows = []
-    for i, vals in enumerate(learn.recorder.values):
-        row = {'epoch': i, **{n: float(v) for n, v in zip(names[:-1], vals)}}
-        rows.append(row)
-    return rows
+    "Per-epoch rows of fastai's recorder: epoch, train_loss, valid_loss and the metrics (not the time)."
+    names = [n for n in learn.recorder.metric_names if n not in ('epoch', 'time')]
+    return [{'epoch': i, **{n: float(v) for n, v in zip(names, vals)}} for i, vals in enumerate(learn.recorder.values)]
 
 
 def find_lr(learn, num_it=100):
@@ -841,8 +845,7 @@ def run_training(cfg, data=None, log=print):
     per-epoch history, wall time, images/s, device, library versions and the config. What `scripts/train.py` runs."""
     (x, y), test, classes, dls = load_for(cfg, data)
     cb = start_wandb(cfg['wandb'], config=cfg, name=f"{cfg['dataset']}-{cfg['preset']}-{cfg['arch']}-bs{cfg['bs']}")
-    learn = make_learner(dls, cfg['arch'], pretrained=cfg['pretrained'], cbs=[cb] if cb else None)
-    if cfg['fp16'] and use_fp16(): learn.to_fp16()
+    learn = learner_for(cfg, dls, [cb])
     lr = pick_lr(cfg, learn)
     log(f'learning rate {lr:.2e}' + (" (lr_find with the article's rule)" if cfg['lr'] == 'auto' else ''))
     t0 = time.time()
@@ -877,8 +880,7 @@ def batch_size_study(train, classes, cfg, sizes=(512, 256, 128), epochs=None, st
         dls = kmnist_dls(train, classes, valid_pct=cfg['valid_pct'], seed=cfg['seed'], bs=bs, size=cfg['size'])
         cb = start_wandb(cfg['wandb'], config={**cfg, 'bs': bs}, name=f"bs-study-{cfg['arch']}-bs{bs}")
         raw = RawLossRecorder()
-        learn = make_learner(dls, cfg['arch'], pretrained=cfg['pretrained'], cbs=[c for c in (cb, raw) if c])
-        if cfg['fp16'] and use_fp16(): learn.to_fp16()
+        learn = learner_for(cfg, dls, [cb, raw])
         lr = pick_lr(cfg, learn) * (bs / cfg['bs'] if cfg['lr'] != 'auto' else 1)  # scale a fixed rate with bs
         learn.fit_one_cycle(epochs or cfg['epochs'], lr)
         ok = loss_clearly_falling(smooth(raw.losses))
@@ -892,7 +894,7 @@ def batch_size_study(train, classes, cfg, sizes=(512, 256, 128), epochs=None, st
 
 
 def plot_batch_size_study(runs):
-    "Training loss against images seen (so batch sizes compare fairly) and validation accuracy per epoch."
+    "Training loss against images seen (so batch sizes compare fairly), and each run's final validation accuracy."
     import matplotlib.pyplot as plt
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={'width_ratios': [3, 2]})
     accs = [r['history'][-1]['accuracy'] for r in runs]
@@ -1267,9 +1269,7 @@ def progressive_resizing(cfg, data=None, log=print):
     for stage, size in enumerate(cfg['sizes'], 1):
         dls = calligraphy_dls(path, size=size, bs=cfg['bs'], valid_pct=cfg['valid_pct'], seed=cfg['seed'])
         if learn is None:
-            learn = make_learner(dls, cfg['arch'], pretrained=cfg['pretrained'], n_in=3,
-                                 cbs=[c for c in (cb, seen) if c])
-            if cfg['fp16'] and use_fp16(): learn.to_fp16()
+            learn = learner_for(cfg, dls, [cb, seen], n_in=3)
         else:
             learn.dls = dls  # progressive resizing: same weights, bigger images
         seen.sizes.clear()

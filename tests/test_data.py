@@ -219,7 +219,7 @@ def match_fraction(imgs, raw):
 def test_kmnist_dls(arrays, way):
     (xtr, ytr), (xte, yte) = arrays
     bs = 16
-    dls = h.kmnist_dls((xtr, ytr), CLASSES, test=(xte, yte), way=way, bs=bs, seed=42)
+    dls = h.kmnist_dls((xtr, ytr), CLASSES, way=way, bs=bs, seed=42)
     t_idx, v_idx = h.split_indices(len(xtr), 0.1, 42)
     assert list(dls.vocab) == CLASSES
     # statistics from the training split only
