@@ -13,8 +13,8 @@ NOTEBOOKS = h.ROOT / 'notebooks'
 CLONE = h.REPO_URL.rstrip('/').rsplit('/', 1)[1]
 SKIP = 'torch|torchvision|ipykernel|nbclient|nbformat|pytest'  # Colab's own torch and kernel stay as they are
 
-SETUP = f"""# Setup: make the course's helpers importable. In Colab, first fetch the course and install the
-# pinned packages Colab lacks; Colab's own torch is kept (we pin it to the installed version).
+SETUP = f"""# Setup: make the course's helpers importable. In Colab, first fetch the course and install the tested
+# versions of fastai, fastcore, wandb and friends (requirements.txt); Colab's own torch is kept as it is.
 import os, sys
 if 'google.colab' in sys.modules:
     if not os.path.exists('/content/{CLONE}'):

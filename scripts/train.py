@@ -3,10 +3,12 @@
 
     python scripts/train.py --dataset kmnist --data data/kmnist --out results/kmnist.json --preset article
     python scripts/train.py --dataset kmnist --preset cpu --wandb off        # a laptop without a GPU, <= 10 minutes
+    python scripts/train.py --dataset kmnist                                  # auto: article on a GPU, cpu without
     python scripts/train.py --dataset kmnist --preset quick                   # seconds: does everything work?
     python scripts/train.py --dataset calligraphy --data DIR --out results/calligraphy.json   # progressive resizing
 
-KMNIST presets: article (ResNet34, bs 128, 10 epochs, one-cycle, fp16 on a GPU), cpu, quick.
+KMNIST presets: article (ResNet34, bs 128, 10 epochs, one-cycle, fp16 on a GPU), cpu, quick; the default, auto,
+is article on a GPU and cpu without one (a ResNet34 takes hours on a CPU).
 Calligraphy presets: article (ResNet34, 128 px then 256 px, frozen then unfrozen), cpu, quick; --size S trains at
 S then 2S pixels and --epochs sets the unfrozen epochs of each stage. Any setting can be overridden."""
 import argparse, sys
@@ -28,26 +30,37 @@ def main(argv=None):
     p.add_argument('--data', help='folder holding the downloaded files (default data/<dataset>); for calligraphy, '
                                   'a folder of class folders (prepared once into data/cache/)')
     p.add_argument('--out', default='results/results.json', help='where to write the results (JSON)')
-    p.add_argument('--preset', default='article', choices=list(h.PRESETS))  # the same names for calligraphy
+    p.add_argument('--preset', default='auto', choices=['auto', *h.PRESETS],  # the same names for calligraphy
+                   help='auto (the default): article on a GPU, cpu without one')
     p.add_argument('--arch', choices=list(h.ARCHS))
     p.add_argument('--epochs', type=int)
     p.add_argument('--bs', type=int)
     p.add_argument('--lr', type=learning_rate, help="a number, or 'auto' for lr_find with the article's rule")
-    p.add_argument('--size', type=int, help='resize images to this many pixels (on the GPU); default: keep 28')
+    p.add_argument('--size', type=int, help='KMNIST: resize the 28-pixel images to this size (on the GPU); '
+                                            'calligraphy: train at SIZE, then at 2*SIZE pixels')
     p.add_argument('--seed', type=int)
     p.add_argument('--wandb', choices=['off', 'offline', 'online'], help='W&B logging (default offline)')
     p.add_argument('--pretrained', action=argparse.BooleanOptionalAction, help='ImageNet weights (ResNets only)')
+    p.add_argument('--n-per-class', type=int, help='calligraphy: train on at most this many images of each style '
+                                                   '(0: all of them)')
     a = p.parse_args(argv)
     if a.dataset == 'calligraphy' and a.arch == 'kmnist_cnn':
         p.error('kmnist_cnn reads 28x28 grayscale characters; for calligraphy choose a ResNet')
+    if a.n_per_class is not None and a.dataset != 'calligraphy':
+        p.error('--n-per-class is for --dataset calligraphy')
+    preset = h.auto_preset() if a.preset == 'auto' else a.preset
     common = dict(arch=a.arch, bs=a.bs, lr=a.lr, seed=a.seed, wandb=a.wandb, pretrained=a.pretrained)
     if a.dataset == 'calligraphy':
-        cfg = h.make_config(a.dataset, a.preset, unfrozen=a.epochs, sizes=(a.size, 2 * a.size) if a.size else None, **common)
+        cfg = h.make_config(a.dataset, preset, unfrozen=a.epochs, sizes=(a.size, 2 * a.size) if a.size else None,
+                            n_per_class=a.n_per_class, **common)
         what = f"sizes {cfg['sizes']}, {cfg['frozen']}+{cfg['unfrozen']} epochs per stage"
     else:
-        cfg = h.make_config(a.dataset, a.preset, epochs=a.epochs, size=a.size, **common)
+        cfg = h.make_config(a.dataset, preset, epochs=a.epochs, size=a.size, **common)
         what = f"{cfg['epochs']} epochs"
-    print(f"{a.dataset}, preset {a.preset}: {cfg['arch']}, {what}, bs {cfg['bs']}, lr {cfg['lr']}, on {h.device_name()}",
+    if cfg['arch'] == 'kmnist_cnn' and a.pretrained:
+        p.error('kmnist_cnn has no pretrained weights; --pretrained needs a ResNet (--arch resnet34)')
+    chosen = f"preset {preset}" + (' (auto: ' + ('a GPU' if h.on_gpu() else 'no GPU') + ')' if a.preset == 'auto' else '')
+    print(f"{a.dataset}, {chosen}: {cfg['arch']}, {what}, bs {cfg['bs']}, lr {cfg['lr']}, on {h.device_name()}",
           flush=True)
     try:
         res, _ = (h.progressive_resizing if a.dataset == 'calligraphy' else h.run_training)(cfg, a.data)

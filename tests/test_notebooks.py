@@ -70,13 +70,21 @@ def _have_kmnist(nb_env):
 def test_03_lr_finder(nb_env):
     _have_kmnist(nb_env)
     nb = run(NOTEBOOKS / '03_learning_rate_finder.ipynb', nb_env)
-    assert re.search(r"SuggestedLRs\(minimum=[\d.e-]+, steep=[\d.e-]+, valley=[\d.e-]+, slide=[\d.e-]+\)", text(nb, 'lr_find'))
+    assert re.search(r"SuggestedLRs\(minimum=[\d.e-]+, steep=[\d.e-]+, valley=[\d.e-]+, slide=[\d.e-]+, "
+                     r"article_rule=[\d.e-]+\)", text(nb, 'lr_find'))
+    assert len(images(nb, 'lr_find')) == 1
     assert 'def article_rule' in text(nb, 'rule-source')
-    rule, valley = map(float, re.search(r'article rule: ([\d.e+-]+)\s+fastai valley: ([\d.e+-]+)', text(nb, 'rule')).groups())
+    m = re.search(r'article rule: ([\d.e+-]+)\s+fastai valley: ([\d.e+-]+)\s+minimum: ([\d.e+-]+)', text(nb, 'rule'))
+    rule, valley, minimum = map(float, m.groups())
     assert 1e-7 <= rule <= 10 and 1e-7 <= valley <= 10
+    assert rule == minimum  # the prose says fastai's minimum is the article's rule: one run shows both
     assert text(nb, 'smooth').strip() == 'True'  # our EWMA reproduces fastai's smoothed losses
     assert len(images(nb, 'plot')) == 1
-    assert float(text(nb, 'saved')) == pytest.approx(rule, rel=0.02)  # the 'rule' cell prints 2 digits
+    saved = text(nb, 'saved')
+    assert 'from notebook 03, found for a model with random weights' in saved  # quick mode: no ImageNet weights
+    exact = float(re.search(r'article_rule=([\d.e-]+)', text(nb, 'lr_find')).group(1))
+    assert rule == pytest.approx(exact, rel=0.05)  # the 'rule' cell prints 2 digits
+    assert float(saved.split()[-1]) == pytest.approx(exact, rel=1e-6)  # 04 gets exactly the rate 03 found
 
 
 def test_04_train(nb_env):
@@ -85,6 +93,8 @@ def test_04_train(nb_env):
     assert "quick preset on" in text(nb, 'config')
     assert re.search(r'ResNet34 here: \d+ images/s, so 10 epochs of 54,000 images would take \d+ minutes', text(nb, 'cpu-estimate'))
     assert 'W&B: logging offline to' in text(nb, 'learner') and 'wandb sync' in text(nb, 'learner')
+    assert 'kmnist_cnn from random weights' in text(nb, 'learner')
+    assert re.search(r'learning rate [\d.e+-]+', text(nb, 'fit'))
     for tag in ('sched', 'loss', 'confusion', 'top-losses', 'study-plot'):
         assert images(nb, tag), tag
     assert re.search(r"\('\S', '\S', (np\.int64\()?\d+", text(nb, 'confused')), 'most_confused: (actual, predicted, count)'
@@ -94,6 +104,8 @@ def test_04_train(nb_env):
     assert m and m.group(1) in 'おきすつなはまやれを' and m.group(3) in 'おきすつなはまやれを'
     study = text(nb, 'study')
     assert [int(b) for b in re.findall(r'bs (\d+): lr ', study)] == [64, 32, 16], study  # the rule halved twice
+    ok = [int(b) for b, verdict in re.findall(r'bs (\d+): lr .*loss (clearly|NOT)', study) if verdict == 'clearly']
+    assert f'the rule picks batch size {(ok or [16])[0]}\n' in study, study  # the largest that behaved
     runs = list(Path(nb_env['WANDB_DIR']).glob('wandb/offline-run-*'))
     assert len(runs) >= 4, runs  # the main run and one per batch size, all offline
 

@@ -60,6 +60,8 @@ def test_wandb_callback_trains_offline_and_export_drops_it(no_wandb_login, tmp_p
     from fastai.vision.all import load_learner
     cb = h.start_wandb('offline', config={'test': 1}, dir=tmp_path)
     learn = _tiny_learner(cbs=cb)
+    import wandb
+    assert wandb.run.config['weights'] == learn.weights == 'random'  # the run records the weights really used
     learn.fit_one_cycle(1, 1e-2)
     run_dirs = list((tmp_path / 'wandb').glob('offline-run-*'))
     assert len(run_dirs) == 1 and list(run_dirs[0].glob('run-*.wandb')), 'offline logs must be on disk'
@@ -90,6 +92,7 @@ def test_pretrained_offline_falls_back_to_random_weights(monkeypatch, capsys):
     (x, y), _ = synthetic_kmnist(40, 10)
     learn = h.make_learner(h.kmnist_dls((x, y), CHARS, bs=8, device='cpu'), 'resnet18', pretrained=True)
     assert 'Going on from RANDOM weights' in capsys.readouterr().out and learn.model is not None
+    assert learn.weights == 'random'  # results files must not claim ImageNet weights that never loaded
 
 
 def run_train(args, tmp_path, timeout=600):
@@ -110,7 +113,7 @@ def test_train_quick_writes_results(kmnist_data, tmp_path):
         assert k in r, k
     assert 0 <= r['test_accuracy'] <= 1 and r['n_test'] == 50 and r['n_train'] + r['n_valid'] == 200
     assert len(r['history']) == r['config']['epochs'] == 3 and r['images_per_second'] > 0
-    assert r['versions']['fastai'] == '2.8.8' and r['config']['arch'] == 'kmnist_cnn'
+    assert r['versions']['fastai'] == '2.8.8' and r['config']['arch'] == 'kmnist_cnn' and r['weights'] == 'random'
     assert list((tmp_path / 'wandb').glob('offline-run-*')), 'the offline W&B run is on disk'
     assert not list(out.parent.glob('*.tmp'))
 
@@ -123,6 +126,24 @@ def test_train_overrides_and_wandb_off(kmnist_data, tmp_path):
     r = json.loads(out.read_text())
     assert (r['config']['epochs'], r['config']['bs'], r['lr'], r['config']['seed']) == (1, 16, 3e-3, 7)
     assert not (tmp_path / 'wandb').exists()
+
+
+def test_train_auto_preset_follows_the_hardware(kmnist_data, tmp_path, monkeypatch, capsys):
+    import train
+    monkeypatch.setattr(h, 'on_gpu', lambda: True)
+    assert h.auto_preset() == 'article'
+    monkeypatch.setattr(h, 'on_gpu', lambda: False)
+    out = tmp_path / 'a.json'
+    assert train.main(['--data', str(kmnist_data), '--out', str(out), '--epochs', '1', '--wandb', 'off']) == 0
+    assert 'preset cpu (auto: no GPU)' in capsys.readouterr().out  # never hours of ResNet34 on a CPU by default
+    assert json.loads(out.read_text())['config']['preset'] == 'cpu'
+
+
+@pytest.mark.parametrize('args', [['--n-per-class', '5'], ['--preset', 'cpu', '--pretrained']])
+def test_train_rejects_flags_that_would_be_ignored(args, tmp_path, capsys):
+    import train
+    with pytest.raises(SystemExit) as e: train.main(['--out', str(tmp_path / 'x.json'), *args])
+    assert e.value.code == 2 and not (tmp_path / 'x.json').exists()
 
 
 def test_train_missing_data_is_a_clear_error(tmp_path, capsys):
@@ -156,10 +177,10 @@ def test_train_calligraphy_quick_progressive_resizing(tmp_path):
     src = make_calligraphy_folders(tmp_path / 'src')
     out = tmp_path / 'c.json'
     p = run_train(['--dataset', 'calligraphy', '--data', str(src), '--out', str(out), '--preset', 'quick',
-                   '--wandb', 'off'], tmp_path)
+                   '--n-per-class', '6', '--wandb', 'off'], tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads(out.read_text())
-    assert [s['size'] for s in r['stages']] == [128, 256]
+    assert [s['size'] for s in r['stages']] == [128, 256] and r['n_train'] + r['n_valid'] == 3 * 6
     assert [s['seen_sizes'] for s in r['stages']] == [[[128, 128]], [[256, 256]]]  # what the model really saw
     assert all(0 <= s['valid_accuracy'] <= 1 for s in r['stages']) and r['test_accuracy'] is None
     expected = {e for e in EXPECTED_REPORT if e[1]}  # these folders hold only the class folders
