@@ -36,7 +36,7 @@ def _offline(monkeypatch, tmp_path):
     "No test may reach GitHub: without an explicit mirror the base is a closed local port."
     monkeypatch.delenv(h.MIRROR_ENV, raising=False)
     monkeypatch.setitem(h.HOSTS, 'calligraphy', ['http://127.0.0.1:9/'])
-    monkeypatch.setattr(h, 'DATA_DIR', tmp_path / 'data')
+    monkeypatch.setattr(h.settings, 'DATA_DIR', tmp_path / 'data')
 
 
 def img_bytes(w, hgt, mode='RGB', fmt='JPEG', seed=0, **kw):
@@ -99,7 +99,7 @@ def report_set(skipped, expected=EXPECTED_REPORT):
 def check_prepared(res, dest, expected=EXPECTED_REPORT):
     assert res['path'] == dest and res['kept'] == EXPECTED_KEPT
     assert report_set(res['skipped'], expected) == expected and len(res['skipped']) == len(expected)
-    man = {r['source']: r for r in h._read_csv(dest / 'manifest.csv')}
+    man = {r['source']: r for r in h.cleaning._read_csv(dest / 'manifest.csv')}
     assert set(man) == {'a_rgb.jpg', '楷书样本.jpg', 'big.jpg', 'dup_a.jpg', 'gray.jpg', 'alpha.png', 'anim.gif', 'tiny.jpg'}
     for c in h.CALLIGRAPHY_CLASSES:
         outs = sorted(p.name for p in (dest / c).iterdir())
@@ -151,7 +151,7 @@ def test_prepare_idempotent_and_force(src, tmp_path, monkeypatch):
 
 def test_prepare_crash_leaves_nothing(src, tmp_path, monkeypatch):
     def boom(*a, **k): raise RuntimeError('disk full')
-    monkeypatch.setattr(h, '_write_csv', boom)
+    monkeypatch.setattr(h.cleaning, '_write_csv', boom)
     dest = tmp_path / 'prepared'
     with pytest.raises(RuntimeError): h.prepare(src, dest, max_side=MAX, quiet=True)
     assert not dest.exists() and not dest.with_name('prepared.tmp').exists()
@@ -259,7 +259,7 @@ def test_download_calligraphy_end_to_end(tmp_path, http_server, monkeypatch):
 
 
 def test_download_calligraphy_env_mirror_and_errors(tmp_path, http_server, monkeypatch):
-    assert h._mirror_bases('calligraphy') == ['http://127.0.0.1:9/']  # (patched) default: GitHub's archive folder
+    assert h.downloads._mirror_bases('calligraphy') == ['http://127.0.0.1:9/']  # (patched) default: GitHub's archive folder
     assert h.CALLIGRAPHY_URL.startswith('https://github.com/wayofnumbers/chinese-calligraphy-classifier-fastai/archive/')
     empty = tmp_path / 'empty'; empty.mkdir()
     srv = http_server(empty)

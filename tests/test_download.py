@@ -22,7 +22,7 @@ def _offline(monkeypatch):
     "No test may fall back to the official host: without an explicit mirror there is nowhere to go."
     monkeypatch.delenv(h.MIRROR_ENV, raising=False)
     monkeypatch.delenv('KUZUSHIJI_MD5_TABLE', raising=False)
-    monkeypatch.setattr(h, 'KNOWN_MIRRORS', [])
+    monkeypatch.setattr(h.downloads, 'KNOWN_MIRRORS', [])
 
 
 @pytest.fixture
@@ -139,7 +139,7 @@ def test_mirror_from_environment_variable(served, tmp_path, monkeypatch):
 def test_given_mirror_is_the_only_one_used(served, http_server, tmp_path, monkeypatch):
     folder, md5s, srv = served
     known = http_server(folder)  # stands in for the official host
-    monkeypatch.setattr(h, 'KNOWN_MIRRORS', [known.url])
+    monkeypatch.setattr(h.downloads, 'KNOWN_MIRRORS', [known.url])
     # control: with no mirror given, the known host is used
     h.download_file(BIG, md5s[BIG], tmp_path / 'a', quiet=True)
     assert known.requests == [(f'/{BIG}', None)] and srv.requests == []
@@ -227,7 +227,7 @@ def test_black_hole_times_out(black_hole, tmp_path):
 def test_cli_black_hole_exit_1(black_hole, tmp_path, monkeypatch, capsys):
     # The command line has no --timeout (default 10 s, 3 retries): shorten it to keep the test quick.
     import download_data
-    monkeypatch.setattr(h, 'download_file', functools.partial(h.download_file, timeout=1, retries=1))
+    monkeypatch.setattr(h.downloads, 'download_file', functools.partial(h.download_file, timeout=1, retries=1))
     t0 = time.monotonic()
     rc = download_data.main(['--dataset', 'kmnist', '--mirror', black_hole, '--dest', str(tmp_path / 'd')])
     assert rc == 1 and time.monotonic() - t0 < 30

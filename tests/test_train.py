@@ -84,11 +84,11 @@ def test_wandb_off_is_off(no_wandb_login, tmp_path):
 
 def test_pretrained_offline_falls_back_to_random_weights(monkeypatch, capsys):
     import fastai.vision.learner as vl
-    real = h.vision_learner
+    real = h.training.vision_learner
     def no_net(*a, pretrained=True, **k):
         if pretrained: raise urllib.error.URLError('no internet')
         return real(*a, pretrained=False, **k)
-    monkeypatch.setattr(h, 'vision_learner', no_net)
+    monkeypatch.setattr(h.training, 'vision_learner', no_net)
     (x, y), _ = synthetic_kmnist(40, 10)
     learn = h.make_learner(h.kmnist_dls((x, y), CHARS, bs=8, device='cpu'), 'resnet18', pretrained=True)
     assert 'Going on from RANDOM weights' in capsys.readouterr().out and learn.model is not None
@@ -130,9 +130,9 @@ def test_train_overrides_and_wandb_off(kmnist_data, tmp_path):
 
 def test_train_auto_preset_follows_the_hardware(kmnist_data, tmp_path, monkeypatch, capsys):
     import train
-    monkeypatch.setattr(h, 'on_gpu', lambda: True)
+    monkeypatch.setattr(h.training, 'on_gpu', lambda: True)
     assert h.auto_preset() == 'article'
-    monkeypatch.setattr(h, 'on_gpu', lambda: False)
+    monkeypatch.setattr(h.training, 'on_gpu', lambda: False)
     out = tmp_path / 'a.json'
     assert train.main(['--data', str(kmnist_data), '--out', str(out), '--epochs', '1', '--wandb', 'off']) == 0
     assert 'preset cpu (auto: no GPU)' in capsys.readouterr().out  # never hours of ResNet34 on a CPU by default
@@ -166,11 +166,11 @@ def make_calligraphy_folders(root, extra=12):
 
 
 def test_calligraphy_no_flips(tmp_path):
-    from fastai.vision.all import Dihedral, Flip
+    from fastai.vision.all import Dihedral, Flip, Normalize
     src = make_calligraphy_folders(tmp_path / 'src', extra=3)
     dls = h.calligraphy_dls(h.prepare(src, tmp_path / 'prep', quiet=True)['path'], size=64, bs=4, device='cpu')
     tfms = [type(t) for t in dls.train.after_batch.fs]
-    assert Flip not in tfms and Dihedral not in tfms and h.Normalize in tfms
+    assert Flip not in tfms and Dihedral not in tfms and Normalize in tfms
 
 
 def test_train_calligraphy_quick_progressive_resizing(tmp_path):

@@ -1,0 +1,34 @@
+"""The shared helpers of the series, one module per concern. Each module imports only the ones above it:
+
+    settings     paths, quick mode, the device, library versions, atomic JSON
+    catalogue    the official files, URLs and md5s; class names and romaji
+    archives     md5 checks, safe tar and zip extraction
+    cleaning     a clean, resized copy of messy web images (the calligraphy set)
+    downloads    mirrors, resume, retries, verification
+    arrays       npz / MNIST idx / class map into NumPy, checked
+    dataloaders  NumPy arrays to fastai DataLoaders: the DataBlock way and the fast tensor way
+    plots        examples per class, class balance, the downloaded files
+    lr           lr_find with the article's rule, a rate kept between notebooks
+    tracking     Weights & Biases, offline by default
+    training     models, learners, presets, one reproducible run, export, the batch-size study
+    calligraphy  calligraphy DataLoaders and progressive resizing
+
+Notebooks and scripts write `import helpers` and `helpers.<name>`: this file only hands the public names on,
+so `helpers.kmnist_dls` is `helpers.dataloaders.kmnist_dls`."""
+from .settings import DATA_DIR, OUT_DIR, QUICK, REPO_URL, ROOT, device_name, on_gpu, set_seed, use_fp16, versions, write_json
+from .catalogue import (CALLIGRAPHY_CLASSES, CALLIGRAPHY_COMMIT, CALLIGRAPHY_NAMES, CALLIGRAPHY_REPO, CALLIGRAPHY_URL,
+                        CALLIGRAPHY_ZIP, DESCRIPTIONS, FILES, FORMATS, HOSTS, KNOWN_MIRRORS, MIRROR_ENV, OFFICIAL_URL,
+                        ROMAJI, dataset_files, list_files)
+from .archives import DownloadError, extract_tar, extract_zip, md5sum, readable
+from .cleaning import MANIFEST_COLUMNS, REPORT_COLUMNS, calligraphy_report, prepare, read_report, shrink, to_rgb
+from .downloads import download, download_file
+from .arrays import DataFormatError, load_arrays, load_classmap, load_idx, load_npz, split_indices, subsample
+from .dataloaders import (ArrayDataset, ArrayDL, benchmark_loader, char_augment, image_stats, item_image, item_label,
+                          kmnist_dls, test_dl)
+from .plots import class_counts, file_table, japanese_font, label_name, plot_class_balance, show_examples
+from .lr import RawLossRecorder, article_rule, find_lr, load_lr, plot_lr_find, save_lr, smooth
+from .tracking import finish_wandb, start_wandb, wandb_logged_in
+from .training import (ARCHS, CALLIGRAPHY_PRESETS, PRESETS, auto_preset, batch_size_study, export, history, kmnist_cnn,
+                       learner_for, load_for, loss_clearly_falling, make_config, make_learner, pick_lr,
+                       plot_batch_size_study, run_training, training_speed)
+from .calligraphy import SeenSizes, calligraphy_dls, calligraphy_folder, limit_per_class, progressive_resizing

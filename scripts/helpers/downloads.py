@@ -1,0 +1,141 @@
+"""Downloads: official files fetched from the first mirror that answers, resumed, retried, verified.
+
+Written here rather than taken from a library (fastai's `untar_data`, torchvision's `download_url`) because
+the official host is slow and sometimes down: this tries mirrors in turn (a classroom folder or URL too), fails
+fast on a host that never answers (about 8 s a mirror), resumes broken transfers with HTTP Range, and gives a
+file its final name only once its md5 matches. Uses: settings, catalogue, archives, cleaning."""
+from __future__ import annotations
+
+import http.client, json, os, shutil, socket, time, urllib.error, urllib.request
+from pathlib import Path
+
+from . import settings
+from .archives import DownloadError, extract_tar, extract_zip, md5sum
+from .catalogue import CALLIGRAPHY_ZIP, HOSTS, KNOWN_MIRRORS, MIRROR_ENV, OFFICIAL_URL, dataset_files
+from .cleaning import prepare
+
+
+def _mirror_bases(dataset, mirror=None) -> list[str]:
+    "Where to look, in order: the user's mirror alone if given (argument or env var), else the known ones."
+    mirror = mirror or os.environ.get(MIRROR_ENV)
+    if mirror: return [str(mirror)]
+    return HOSTS.get(dataset) or [m.format(dataset=dataset) for m in KNOWN_MIRRORS]
+
+
+def _size(n): return f'{n / 1e6:.1f} MB' if n >= 1e5 else f'{n / 1e3:.1f} kB'
+
+
+def _progress(name, done, total, t0):
+    mb = 1 / 1e6
+    pct = f'{100 * done / total:3.0f}%' if total else '    '
+    tot = f'/{total * mb:.1f}' if total else ''
+    rate = done * mb / max(time.time() - t0, 1e-6)
+    print(f'\r  {name}  {pct} {done * mb:.1f}{tot} MB  {rate:.1f} MB/s', end='', flush=True)
+
+
+def _fetch(url, part: Path, timeout: float, retries: int, quiet: bool):
+    """Download `url` into `part`, appending to what is already there (HTTP Range), retrying with
+    backoff on transient errors. Raises `urllib.error.HTTPError` for 4xx, `OSError` when unreachable."""
+    name = part.name[:-len('.part')]
+    for attempt in range(retries + 1):
+        have = part.stat().st_size if part.exists() else 0
+        req = urllib.request.Request(url, headers={'User-Agent': 'kuzushiji-fastai',
+                                                   **({'Range': f'bytes={have}-'} if have else {})})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                if have and r.status != 206: have = 0  # the server ignored Range: start again
+                total = r.length + have if r.length is not None else None
+                t0, done = time.time(), have
+                last = t0  # first update after 0.5 s: small files print one line only
+                with open(part, 'ab' if have else 'wb') as f:
+                    while chunk := r.read(1 << 16):
+                        f.write(chunk); done += len(chunk)
+                        if not quiet and time.time() - last > 0.5: _progress(name, done, total, t0); last = time.time()
+                if total is not None and done < total:
+                    raise http.client.IncompleteRead(b'', total - done)
+                return
+        except urllib.error.HTTPError as e:
+            if e.code == 416 and have:  # Range past the end: what we have is all there is
+                return
+            if e.code < 500 and e.code != 429: raise
+            err = e
+        # A plain URLError (refused, no such host, connect timeout) propagates: try the next mirror.
+        except (http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError) as e:
+            got = (part.stat().st_size if part.exists() else 0) - have
+            if isinstance(e, (socket.timeout, TimeoutError)) and got <= 0:
+                raise urllib.error.URLError(f'no answer within {timeout:g}s (timed out)') from e  # silent host: next mirror
+            err = e  # broke off mid-transfer: resume from what we have
+        if attempt < retries:
+            wait = 0.5 * 2 ** attempt
+            if not quiet: print(f'\n  {name}: {type(err).__name__}, retrying in {wait:.1f}s (resuming)', flush=True)
+            time.sleep(wait)
+    raise err
+
+
+def download_file(name, md5, dest, mirror=None, dataset='kmnist', force=False, timeout=8., retries=3,
+                  quiet=False) -> Path:
+    """Fetch one file into `dest`, verified. A verified file already there is kept. The download goes
+    to `<name>.part` and takes its final name only once its md5 matches."""
+    dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
+    final, part = dest / name, dest / f'{name}.part'
+    if final.exists() and not force:
+        if md5 is None or md5sum(final) == md5:
+            if not quiet: print(f'  {name}: already here, ' + ('verified' if md5 else 'no checksum published to verify'))
+            return final
+        if not quiet: print(f'  {name}: present but its checksum does not match; downloading again')
+    if force and part.exists(): part.unlink()
+    errors = []
+    for base in _mirror_bases(dataset, mirror):
+        src = base.rstrip('/') + '/' + name
+        try:
+            if '://' in src:
+                _fetch(src, part, timeout, retries, quiet)
+            else:  # a local folder used as a mirror
+                if not Path(src).is_file(): raise FileNotFoundError(f'no such file: {src}')
+                shutil.copyfile(src, part)
+        except urllib.error.HTTPError as e:
+            errors.append(f'{src}: HTTP {e.code} {e.reason}'); continue
+        except (OSError, http.client.HTTPException) as e:
+            errors.append(f'{src}: {getattr(e, "reason", None) or e}'); continue
+        got = md5sum(part)
+        if md5 is not None and got != md5:
+            part.unlink()
+            errors.append(f'{src}: checksum mismatch (md5 {got}, expected {md5}); the copy was deleted')
+            continue
+        os.replace(part, final)
+        if not quiet:
+            print(f'\r  {name}: {_size(final.stat().st_size)}, md5 {"verified" if md5 else "(none published)"}'
+                  f'  <- {base}'.ljust(70))
+        return final
+    raise DownloadError(
+        f"Could not download {name}.\n  " + '\n  '.join(errors) +
+        f"\nWhat to do: download the file by hand (or from a classroom copy) into a folder, then run\n"
+        f"  python scripts/download_data.py --dataset {dataset} --mirror FOLDER_OR_URL\n"
+        f"(or set {MIRROR_ENV}=FOLDER_OR_URL). Official files: {(HOSTS.get(dataset) or [OFFICIAL_URL.format(dataset=dataset)])[0]}")
+
+
+def _md5_table() -> dict:
+    "Optional override of the checksum table, for tests and for mirrors of re-made files (a JSON file)."
+    p = os.environ.get('KUZUSHIJI_MD5_TABLE')
+    return json.loads(Path(p).read_text()) if p else {}
+
+
+def download(dataset='kmnist', fmt=None, dest=None, mirror=None, force=False, md5s=None, quiet=False, max_side=384,
+             **kwargs) -> Path:
+    """Download every file of `dataset` in format `fmt` into `dest` (default `data/<dataset>`), each one
+    verified against its official md5 (or `md5s`, a `{name: md5}` table). Returns the folder. Calligraphy is
+    also extracted and cleaned (`prepare`, images' shorter side at most `max_side`): its prepared folder is returned."""
+    dest = Path(dest) if dest else settings.DATA_DIR / dataset
+    if dataset == 'calligraphy' and (dest / 'prepared' / 'manifest.csv').exists() and not force:
+        if not quiet: print(f'  calligraphy: already prepared in {dest / "prepared"}')
+        return dest / 'prepared'
+    md5s = {**_md5_table(), **(md5s or {})}
+    if dataset == 'calligraphy': kwargs.setdefault('timeout', 60.)  # GitHub builds the zip before sending a byte
+    for name, md5 in dataset_files(dataset, fmt):
+        download_file(name, md5s.get(name, md5), dest, mirror=mirror, dataset=dataset, force=force,
+                      quiet=quiet, **kwargs)
+    if dataset == 'kkanji': extract_tar(dest / 'kkanji.tar', dest, quiet=quiet)
+    if dataset == 'calligraphy':
+        extract_zip(dest / CALLIGRAPHY_ZIP, dest / 'raw', force=force, quiet=quiet)
+        return prepare(dest / 'raw', dest / 'prepared', max_side=max_side, force=force, quiet=quiet)['path']
+    return dest

@@ -1,0 +1,61 @@
+"""Settings: where data and results live, quick mode, the device, versions, atomic JSON.
+
+The bottom of the helpers: it imports no other helpers module. Set `KUZUSHIJI_DATA`, `KUZUSHIJI_OUT` or
+`KUZUSHIJI_QUICK` in the environment before the first `import helpers`; the other modules read
+`settings.DATA_DIR` and `settings.OUT_DIR` when they run, so tests can point them elsewhere."""
+from __future__ import annotations
+
+import json, os, platform, warnings
+from pathlib import Path
+
+import fastai, fastcore, fasttransform
+import numpy as np
+import torch
+from fastai.torch_core import default_device, set_seed  # noqa: F401  (set_seed: Python, NumPy and torch at once)
+
+warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')  # raised inside fastai, not ours
+
+REPO_URL = 'https://github.com/kuzushiji-fastai/kuzushiji-fastai'  # badges and Colab cells come from here (scripts/nbsync.py)
+ROOT = Path(__file__).resolve().parents[2]
+DATA_DIR = Path(os.environ.get('KUZUSHIJI_DATA', ROOT / 'data'))
+OUT_DIR = Path(os.environ.get('KUZUSHIJI_OUT', ROOT))  # results/ and models/ go here (the tests point it elsewhere)
+QUICK = os.environ.get('KUZUSHIJI_QUICK', '') not in ('', '0', 'false', 'False')
+"Quick mode (tests, CI): small data, tiny epochs. Colab and you run the same cells at full size."
+
+
+def on_gpu():
+    "True on an NVIDIA GPU or an Apple GPU (fastai's `default_device` uses either)."
+    return default_device().type in ('cuda', 'mps')
+
+
+def use_fp16():
+    "Mixed precision where it pays and is supported: NVIDIA GPUs."
+    return torch.cuda.is_available()
+
+
+def device_name():
+    "The GPU's name, or the CPU's model name, for reports."
+    if torch.cuda.is_available(): return torch.cuda.get_device_name(0)
+    if default_device().type == 'mps': return 'Apple GPU (MPS)'
+    try:
+        for line in open('/proc/cpuinfo'):
+            if line.startswith('model name'): return line.split(':', 1)[1].strip()
+    except OSError: pass
+    return platform.processor() or platform.machine()
+
+
+def versions():
+    v = dict(python=platform.python_version(), torch=torch.__version__, fastai=fastai.__version__,
+             fastcore=fastcore.__version__, fasttransform=fasttransform.__version__, numpy=np.__version__)
+    try:
+        import wandb; v['wandb'] = wandb.__version__
+    except ImportError: pass
+    return v
+
+
+def write_json(obj, path):
+    "Write JSON atomically: a crash never leaves a half-written results file under the final name."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False), encoding='utf-8')
+    os.replace(tmp, path)

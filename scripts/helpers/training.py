@@ -1,0 +1,218 @@
+"""Training: models, learners, presets, one reproducible run, export, the batch-size study.
+
+Uses: settings, arrays, dataloaders, lr, tracking."""
+from __future__ import annotations
+
+import os, sys, time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from fastai.vision.all import (ConvLayer, Flatten, Learner, ResBlock, accuracy, error_rate, get_c, resnet18, resnet34,
+                               resnet50, vision_learner)
+from torch import nn
+
+from .arrays import load_arrays, subsample
+from .dataloaders import kmnist_dls, test_dl
+from .lr import RawLossRecorder, find_lr, smooth
+from .settings import device_name, on_gpu, set_seed, use_fp16, versions
+from .tracking import finish_wandb, start_wandb
+
+
+def kmnist_cnn(n_out=10, widths=(16, 32, 64)):
+    """A small ResNet-style network for 28x28 characters on a CPU, built from fastai's layers: at each width a
+    convolution (stride 2 after the first) and a residual block, then average pooling. 121k parameters;
+    639 images/s of training in the cpu preset's run on 2 cores of an AMD EPYC CPU, against 109 for a ResNet34."""
+    layers, c_in = [], 1
+    for i, w in enumerate(widths):
+        layers += [ConvLayer(c_in, w, stride=1 if i == 0 else 2), ResBlock(1, w, w)]
+        c_in = w
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), Flatten(), nn.Dropout(0.1), nn.Linear(c_in, n_out))
+
+ARCHS = {'resnet18': resnet18, 'resnet34': resnet34, 'resnet50': resnet50, 'kmnist_cnn': kmnist_cnn}
+
+
+def make_learner(dls, arch='resnet34', pretrained=True, n_in=1, metrics=(accuracy, error_rate), cbs=None, **kwargs):
+    """`vision_learner` for the torchvision ResNets (`n_in=1`: fastai sums the pretrained first layer over RGB), a plain
+    `Learner` for `kmnist_cnn`. Offline, where ImageNet weights cannot be downloaded, it says so and uses random weights.
+    `learn.weights` says which it got ('imagenet' or 'random'), and so does the W&B run, if one is on."""
+    if arch == 'kmnist_cnn':
+        learn, pretrained = Learner(dls, kmnist_cnn(get_c(dls)), metrics=list(metrics), cbs=cbs, **kwargs), False
+    else:
+        try:
+            learn = vision_learner(dls, ARCHS[arch], n_in=n_in, pretrained=pretrained, metrics=list(metrics), cbs=cbs, **kwargs)
+        except OSError as e:  # URLError is an OSError: no internet, or a firewall
+            if not pretrained: raise
+            print(f'Could not download the pretrained {arch} weights ({type(e).__name__}: {e}).\n'
+                  f'Going on from RANDOM weights: expect lower accuracy and more epochs. With internet access the '
+                  f'weights download once to $TORCH_HOME/hub/checkpoints/.')
+            learn = vision_learner(dls, ARCHS[arch], n_in=n_in, pretrained=False, metrics=list(metrics), cbs=cbs, **kwargs)
+            pretrained = False
+    learn.weights = 'imagenet' if pretrained else 'random'  # what results record: the config may have asked for more
+    wandb = sys.modules.get('wandb')
+    if wandb is not None and wandb.run is not None: wandb.run.config.update({'weights': learn.weights}, allow_val_change=True)
+    return learn
+
+
+def learner_for(cfg, dls, cbs=(), n_in=1):
+    "The config's learner: architecture, pretrained or not, mixed precision on an NVIDIA GPU if the preset says so."
+    learn = make_learner(dls, cfg['arch'], pretrained=cfg['pretrained'], n_in=n_in, cbs=[c for c in cbs if c] or None)
+    if cfg['fp16'] and use_fp16(): learn.to_fp16()
+    return learn
+
+
+def pick_lr(cfg, learn):
+    "The configured learning rate, or, for 'auto', `lr_find` with the article's rule."
+    return float(cfg['lr']) if cfg['lr'] != 'auto' else find_lr(learn)[0]
+
+
+def export(learn, path):
+    "`learn.export` without the W&B callback (fastai's advice: a loaded learner would start W&B again)."
+    finish_wandb(learn)
+    path = Path(path).resolve(); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + '.tmp')
+    learn.export(tmp)
+    os.replace(tmp, path)  # a crash never leaves a truncated file under the final name
+    return path
+
+
+def loss_clearly_falling(losses, ratio=0.7):
+    """Did training behave? The smoothed training loss over the last tenth of the iterations is at most `ratio`
+    times that over the first tenth, and nothing is NaN. Used by the batch-size study to decide to halve."""
+    l = np.asarray(losses, dtype=float)
+    if len(l) < 10 or not np.isfinite(l).all(): return False
+    k = max(1, len(l) // 10)
+    return l[-k:].mean() <= ratio * l[:k].mean()
+
+PRESETS = {
+    # The article: ResNet34, batch size 128, 10 epochs, one-cycle; mixed precision on a GPU.
+    'article': dict(arch='resnet34', bs=128, epochs=10, lr='auto', size=None, pretrained=True, fp16=True, n_train=None),
+    # A laptop without a GPU: a small fastai-built CNN, sized for at most 10 minutes on 2 cores.
+    'cpu': dict(arch='kmnist_cnn', bs=128, epochs=6, lr=1e-2, size=None, pretrained=False, fp16=False, n_train=None),
+    # Tests: tiny, under a minute.
+    'quick': dict(arch='kmnist_cnn', bs=32, epochs=3, lr=1e-2, size=None, pretrained=False, fp16=False,
+                  n_train=2000, n_test=500),
+}
+
+CALLIGRAPHY_PRESETS = {
+    # The article's recipe (with a ResNet34; it used a ResNet50): 128 px, then 256 px, frozen then unfrozen each.
+    'article': dict(arch='resnet34', sizes=(128, 256), bs=32, frozen=3, unfrozen=4, lr='auto', pretrained=True,
+                    fp16=True, n_per_class=None),
+    # A laptop: a ResNet18 at half the sizes.
+    'cpu': dict(arch='resnet18', sizes=(64, 128), bs=32, frozen=1, unfrozen=2, lr='auto', pretrained=True,
+                fp16=False, n_per_class=None),
+    # Tests: the real sizes, tiny data, one epoch per phase, fixed rates (no lr_find).
+    'quick': dict(arch='resnet18', sizes=(128, 256), bs=8, frozen=1, unfrozen=1, lr=1e-3, pretrained=False,
+                  fp16=False, n_per_class=12),
+}
+
+
+def auto_preset():
+    "The preset the notebooks choose: the article's on a GPU, the `cpu` one without."
+    return 'article' if on_gpu() else 'cpu'
+
+
+def make_config(dataset='kmnist', preset='article', **overrides):
+    "A preset's settings with `overrides` (those that are not None) on top, plus the dataset and seed."
+    presets = CALLIGRAPHY_PRESETS if dataset == 'calligraphy' else PRESETS
+    if preset not in presets: raise ValueError(f"preset must be one of {', '.join(presets)}, not {preset!r}")
+    cfg = dict(dataset=dataset, preset=preset, seed=42, valid_pct=0.2 if dataset == 'calligraphy' else 0.1,
+               wandb='offline', n_test=None)
+    cfg.update(presets[preset])
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    return cfg
+
+
+def load_for(cfg, data=None):
+    "A config's data: `(train, test, classes, dls)`, subsampled as the preset says, seeded."
+    set_seed(cfg['seed'])
+    (x, y), test, classes = load_arrays(data, dataset=cfg['dataset'])
+    if cfg.get('n_train'): x, y = subsample(x, y, cfg['n_train'], cfg['seed'])
+    if cfg.get('n_test'): test = subsample(*test, cfg['n_test'], cfg['seed'])
+    dls = kmnist_dls((x, y), classes, valid_pct=cfg['valid_pct'], seed=cfg['seed'], bs=cfg['bs'], size=cfg['size'])
+    return (x, y), test, classes, dls
+
+
+def history(learn):
+    "Per-epoch rows of fastai's recorder: epoch, train_loss, valid_loss and the metrics (not the time)."
+    names = [n for n in learn.recorder.metric_names if n not in ('epoch', 'time')]
+    return [{'epoch': i, **{n: float(v) for n, v in zip(names, vals)}} for i, vals in enumerate(learn.recorder.values)]
+
+
+def run_training(cfg, data=None, log=print):
+    """Train once from a config (see `make_config`) and return the results: test and validation accuracy,
+    per-epoch history, wall time, images/s, device, library versions and the config. What `scripts/train.py` runs."""
+    (x, y), test, classes, dls = load_for(cfg, data)
+    cb = start_wandb(cfg['wandb'], config=cfg, name=f"{cfg['dataset']}-{cfg['preset']}-{cfg['arch']}-bs{cfg['bs']}")
+    learn = learner_for(cfg, dls, [cb])
+    lr = pick_lr(cfg, learn)
+    log(f'learning rate {lr:.2e}' + (" (lr_find with the article's rule)" if cfg['lr'] == 'auto' else ''))
+    t0 = time.time()
+    learn.fit_one_cycle(cfg['epochs'], lr)
+    seconds = time.time() - t0
+    hist = history(learn)  # before validate(), which overwrites the recorder's last values
+    n_seen = cfg['epochs'] * len(dls.train) * cfg['bs']
+    _, valid_acc, _ = learn.validate()
+    _, test_acc, _ = learn.validate(dl=test_dl(dls, test))
+    finish_wandb(learn)
+    return dict(test_accuracy=float(test_acc), valid_accuracy=float(valid_acc), history=hist,
+                seconds=round(seconds, 1), images_per_second=round(n_seen / seconds, 1), device=device_name(),
+                cpu_cores=os.cpu_count(), versions=versions(), lr=float(lr), weights=learn.weights,
+                config=cfg, n_train=len(dls.train_ds), n_valid=len(dls.valid_ds), n_test=len(test[0])), learn
+
+
+def batch_size_study(train, classes, cfg, sizes=(512, 256, 128), epochs=None, stop_when_ok=True, log=print):
+    """The article's batch-size study: start at the largest batch size and halve while training misbehaves
+    (`loss_clearly_falling` says no), down to the smallest. Each run is a fresh learner with the same seed, and
+    its own W&B run. Returns one dict per run: bs, ok, raw batch losses, images seen, per-epoch history."""
+    runs = []
+    for bs in sizes:
+        set_seed(cfg['seed'])
+        dls = kmnist_dls(train, classes, valid_pct=cfg['valid_pct'], seed=cfg['seed'], bs=bs, size=cfg['size'])
+        cb = start_wandb(cfg['wandb'], config={**cfg, 'bs': bs}, name=f"bs-study-{cfg['arch']}-bs{bs}")
+        raw = RawLossRecorder()
+        learn = learner_for(cfg, dls, [cb, raw])
+        lr = pick_lr(cfg, learn) * (bs / cfg['bs'] if cfg['lr'] != 'auto' else 1)  # scale a fixed rate with bs
+        learn.fit_one_cycle(epochs or cfg['epochs'], lr)
+        ok = loss_clearly_falling(smooth(raw.losses))
+        runs.append(dict(bs=bs, lr=lr, ok=ok, losses=raw.losses, images=list(np.arange(1, len(raw.losses) + 1) * bs),
+                         history=history(learn)))
+        finish_wandb(learn)
+        log(f"bs {bs}: lr {lr:.1e}, final valid accuracy {runs[-1]['history'][-1]['accuracy']:.4f}, "
+            f"loss {'clearly falling' if ok else 'NOT clearly falling: halve the batch size'}")
+        if ok and stop_when_ok: break
+    return runs
+
+
+def plot_batch_size_study(runs):
+    "Training loss against images seen (so batch sizes compare fairly), and each run's final validation accuracy."
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={'width_ratios': [3, 2]})
+    accs = [r['history'][-1]['accuracy'] for r in runs]
+    for r in runs:
+        a.plot(r['images'], smooth(r['losses']), label=f"bs {r['bs']}{'' if r['ok'] else ' (misbehaves)'}")
+    a.set(xlabel='training images seen', ylabel='training loss (smoothed)', title='Training loss')
+    a.legend(); a.grid(alpha=0.3)
+    bars = b.bar([f"bs {r['bs']}" for r in runs], accs, color=[f'C{i}' for i in range(len(runs))])
+    b.bar_label(bars, labels=[f'{v:.2%}' for v in accs])
+    lo = min(accs)
+    b.set(ylabel='validation accuracy', title='After the last epoch', ylim=(max(0, lo - 2 * (1 - lo) - 0.01), 1))
+    fig.tight_layout()
+    return fig
+
+
+def training_speed(learn, n_batches=5):
+    "Training images per second of `learn` on its own DataLoader (forward, backward, step), a few batches."
+    model, opt = learn.model.train(), torch.optim.SGD(learn.model.parameters(), lr=1e-4)
+    it, seen = iter(learn.dls.train), 0
+    xb, yb = next(it)
+    learn.loss_func(model(xb), yb).backward()  # warm up
+    amp = torch.autocast('cuda', dtype=torch.float16, enabled=use_fp16())  # as to_fp16() trains on a GPU
+    t0 = time.perf_counter()
+    for _ in range(n_batches):
+        xb, yb = next(it)
+        with amp: loss = learn.loss_func(model(xb), yb)
+        loss.backward(); opt.step(); opt.zero_grad()
+        seen += len(xb)
+    if on_gpu(): torch.cuda.synchronize()
+    return seen / (time.perf_counter() - t0)
