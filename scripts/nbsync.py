@@ -1,65 +1,120 @@
 #!/usr/bin/env python
-"""Keep every notebook's first two cells (title badge, setup) in sync with `helpers.REPO_URL`, and strip outputs.
+"""Keep every notebook's first two cells (badges, setup) in sync with `helpers.REPO_URL`, and its outputs honest.
 
-    python scripts/nbsync.py          # rewrite notebooks/*.ipynb in place
-    python scripts/nbsync.py --check  # exit 1 if any notebook is out of sync or has outputs (used by the tests)
+    python scripts/nbsync.py          # rewrite the first two cells of notebooks/*.ipynb in place; outputs stay
+    python scripts/nbsync.py --check  # exit 1 if a notebook is out of sync, or its outputs do not match its code
+    python scripts/nbsync.py --strip  # also remove every output
+
+Outputs are made by `scripts/execute_notebooks.py` only: it records the run in the notebook's metadata (shown
+under the badges) and a hash of each code cell's source in the cell's metadata, so a cell changed afterwards
+is caught by `--check`.
 """
-import argparse, json, sys
+import argparse, hashlib, json, os, sys
 from pathlib import Path
 
 import helpers as h
 
 NOTEBOOKS = h.ROOT / 'notebooks'
 CLONE = h.REPO_URL.rstrip('/').rsplit('/', 1)[1]
-SKIP = 'torch|torchvision|ipykernel|nbclient|nbformat|pytest'  # Colab's own torch and kernel stay as they are
 
-SETUP = f"""# Setup: make the course's helpers importable. In Colab, first fetch the course and install the tested
-# versions of fastai, fastcore, wandb and friends (requirements.txt); Colab's own torch is kept as it is.
-import os, sys
-if 'google.colab' in sys.modules:
-    if not os.path.exists('/content/{CLONE}'):
-        !git clone -q --depth 1 {h.REPO_URL} /content/{CLONE}
-    %cd /content/{CLONE}/notebooks
-    !grep -vE '^({SKIP})==' ../requirements.txt > /tmp/req.txt
-    !pip install -q -r /tmp/req.txt "torch==$(python -c 'import torch; print(torch.__version__)')"
-sys.path.insert(0, os.path.abspath('../scripts'))"""
+SETUP = f"""# Setup. On Colab or Kaggle: fetch this series from GitHub, then install the tested fastai and friends, keeping
+# the platform's own PyTorch (scripts/hosted_setup.py; it stops with one clear message if anything fails).
+# Everywhere: make the helpers package in scripts/ importable.
+import os, subprocess, sys
+COLAB, KAGGLE = 'google.colab' in sys.modules, 'KAGGLE_KERNEL_RUN_TYPE' in os.environ
+if (COLAB or KAGGLE) and not os.path.exists('../scripts/hosted_setup.py'):  # first run, in /content or /kaggle/working
+    if not os.path.exists('{CLONE}'):
+        git = subprocess.run(['git', 'clone', '-q', '--depth', '1', '{h.REPO_URL}'],
+                             capture_output=True, text=True)
+        if git.returncode:
+            fix = "turn on this notebook's Internet switch (Kaggle's settings panel)" if KAGGLE else 'check the network'
+            raise RuntimeError(f'Could not fetch the series ({{" ".join(git.stderr.split())}}): {{fix}}, then run this cell again.')
+    os.chdir('{CLONE}/notebooks')
+sys.path.insert(0, os.path.abspath('../scripts'))
+if COLAB or KAGGLE:
+    import hosted_setup; hosted_setup.install()"""
+
+# Kaggle reads this when it imports a notebook: a GPU and the internet (the setup cell needs it).
+KAGGLE = {'accelerator': 'gpu', 'isGpuEnabled': True, 'isInternetEnabled': True, 'language': 'python',
+          'sourceType': 'notebook'}
+KEPT = ('tags', 'source_hash')  # the cell metadata kept: test tags, and which source made the outputs
+HASH_LEN = 16
 
 
-def badge(nb_path):
-    url = f"https://colab.research.google.com/github/{h.REPO_URL.split('github.com/')[1]}/blob/main/notebooks/{nb_path.name}"
-    return f'[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})'
+def source_hash(source):
+    "What `execute_notebooks.py` stores in each code cell's metadata: a hash of the source its outputs came from."
+    text = ''.join(source) if isinstance(source, list) else source
+    return 'sha256:' + hashlib.sha256(text.encode('utf-8')).hexdigest()[:HASH_LEN]
+
+
+def badges(nb_path):
+    path = f"{h.REPO_URL.split('github.com/')[1]}/blob/main/notebooks/{nb_path.name}"
+    return (f'[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]'
+            f'(https://colab.research.google.com/github/{path}) '
+            f'[![Open in Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)]'
+            f'(https://kaggle.com/kernels/welcome?src=https://github.com/{path})')
+
+
+def provenance(run):
+    "The line under the badges that says where a notebook's outputs came from (`run`: its `kuzushiji` metadata)."
+    v = ', '.join(f'{k} {run["versions"][k]}' for k in ('python', 'torch', 'fastai', 'fastcore', 'numpy') if k in run['versions'])
+    return (f'*The outputs below come from a full run of this notebook on the real data by `scripts/execute_notebooks.py`, '
+            f'on {run["date"]}, on {run["hardware"]}; {v}.*')
 
 
 def lines(text): return text.splitlines(keepends=True)
 
 
-def synced(nb_path):
-    "The notebook as it should be: badge cell and setup cell canonical, outputs and counts stripped."
+def synced(nb_path, strip=False):
+    """The notebook as it should be: badge cell and setup cell canonical, cell metadata trimmed to `KEPT`; with
+    `strip`, also without outputs, execution counts, source hashes and the record of the run."""
     nb = json.loads(nb_path.read_text(encoding='utf-8'))
+    run = None if strip else nb['metadata'].get('kuzushiji')
     cells = nb['cells']
-    cells[0] = {'cell_type': 'markdown', 'id': 'badge', 'metadata': {}, 'source': lines(badge(nb_path))}
-    cells[1] = {'cell_type': 'code', 'execution_count': None, 'id': 'setup', 'metadata': {}, 'outputs': [],
-                'source': lines(SETUP)}
+    top = badges(nb_path) + (f'\n\n{provenance(run)}' if run else '')
+    cells[0] = {'cell_type': 'markdown', 'id': 'badge', 'metadata': {}, 'source': lines(top)}
+    cells[1] = {'cell_type': 'code', 'execution_count': cells[1].get('execution_count'), 'id': 'setup',
+                'metadata': cells[1].get('metadata', {}), 'outputs': cells[1].get('outputs', []), 'source': lines(SETUP)}
     for c in cells:
-        if c['cell_type'] == 'code': c['outputs'], c['execution_count'] = [], None
-        c['metadata'] = {k: v for k, v in c.get('metadata', {}).items() if k == 'tags'}
+        if strip and c['cell_type'] == 'code': c['outputs'], c['execution_count'] = [], None
+        c['metadata'] = {k: v for k, v in c.get('metadata', {}).items() if k in KEPT and not (strip and k == 'source_hash')}
     nb['metadata'] = {'kernelspec': {'display_name': 'Python 3', 'language': 'python', 'name': 'python3'},
-                      'language_info': {'name': 'python'}, 'accelerator': 'GPU', 'colab': {'provenance': []}}
+                      'language_info': {'name': 'python'}, 'accelerator': 'GPU', 'colab': {'provenance': []},
+                      'kaggle': KAGGLE, **({'kuzushiji': run} if run else {})}
     return json.dumps(nb, indent=1, ensure_ascii=False) + '\n'
+
+
+def unbacked(nb):
+    """Why a notebook's outputs cannot be trusted to match its code ([] when they can): outputs with no record of
+    a run by `execute_notebooks.py`, or code cells changed since that run."""
+    code = [(i, c) for i, c in enumerate(nb['cells']) if c['cell_type'] == 'code']
+    if 'kuzushiji' not in nb['metadata']:
+        return [f'cell {i} has outputs not made by execute_notebooks.py' for i, c in code if c.get('outputs')]
+    return [f'cell {i} changed after its outputs were made' for i, c in code
+            if c.get('metadata', {}).get('source_hash') != source_hash(c['source'])]
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--check', action='store_true')
+    g = p.add_mutually_exclusive_group()
+    g.add_argument('--check', action='store_true', help='change nothing; exit 1 if a notebook is out of sync')
+    g.add_argument('--strip', action='store_true', help='also remove outputs and the record of the run')
     a = p.parse_args(argv)
     bad = []
-    for nb in sorted(NOTEBOOKS.glob('*.ipynb')):
-        want = synced(nb)
-        if nb.read_text(encoding='utf-8') != want:
-            if a.check: bad.append(nb.name)
-            else: nb.write_text(want, encoding='utf-8'); print(f'synced {nb.name}')
+    for path in sorted(NOTEBOOKS.glob('*.ipynb')):
+        want = synced(path, strip=a.strip)
+        if a.check:
+            why = unbacked(json.loads(path.read_text(encoding='utf-8')))
+            if path.read_text(encoding='utf-8') != want: why.insert(0, 'first two cells or metadata out of sync')
+            bad += [f'{path.name}: {w}' for w in why]
+        elif path.read_text(encoding='utf-8') != want:
+            tmp = path.with_name(path.name + '.tmp')
+            tmp.write_text(want, encoding='utf-8'); os.replace(tmp, path)
+            print(f'{"stripped" if a.strip else "synced"} {path.name}')
     if bad:
-        print('Out of sync or not stripped (run python scripts/nbsync.py): ' + ', '.join(bad)); return 1
+        print('\n'.join(bad) + '\nFix: python scripts/nbsync.py (first two cells), then python scripts/execute_notebooks.py '
+              'NOTEBOOK to make its outputs again, or python scripts/nbsync.py --strip to remove them.')
+        return 1
     return 0
 
 

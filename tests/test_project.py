@@ -1,13 +1,15 @@
-"""The project's own promises: notebooks stripped and in sync with REPO_URL, the pins that matter, export works."""
+"""The project's own promises: notebooks in sync with REPO_URL and their outputs with their code, the pins that
+matter, export works."""
 import json, re
 
 import helpers as h
+import hosted_setup
 import nbsync
 import pytest
 from conftest import ROOT, synthetic_kmnist
 
 
-def test_notebooks_stripped_and_in_sync():
+def test_notebooks_in_sync_and_outputs_match_code():
     assert nbsync.main(['--check']) == 0
 
 
@@ -16,17 +18,18 @@ def test_every_notebook_starts_with_badge_and_setup():
     assert [p.name[:2] for p in nbs] == [f'{i:02d}' for i in range(1, len(nbs) + 1)]  # numbered, no gaps
     for p in nbs:
         cells = json.loads(p.read_text())['cells']
-        assert h.REPO_URL.split('github.com/')[1] in ''.join(cells[0]['source'])
+        badges = ''.join(cells[0]['source'])
+        assert badges.count(h.REPO_URL.split('github.com/')[1] + '/blob/main/notebooks/' + p.name) == 2  # Colab, Kaggle
+        assert 'colab.research.google.com' in badges and 'kaggle.com/kernels/welcome' in badges
         setup = ''.join(cells[1]['source'])
-        assert "'google.colab' in sys.modules" in setup and '../scripts' in setup
+        assert "'google.colab' in sys.modules" in setup and 'KAGGLE_KERNEL_RUN_TYPE' in setup and '../scripts' in setup
 
 
-def test_colab_cell_keeps_colabs_torch():
-    "The setup cell installs requirements.txt minus torch/torchvision/kernel packages, with torch pinned as installed."
-    skip = re.compile(f'^({nbsync.SKIP})==')
-    kept = [l for l in (ROOT / 'requirements.txt').read_text().splitlines() if l and not l.startswith('#') and not skip.match(l)]
-    assert kept and not any(l.startswith(('torch', 'ipykernel')) for l in kept)
-    assert 'torch==$(python -c' in nbsync.SETUP
+def test_hosted_install_keeps_the_platforms_torch():
+    "Hosted notebooks install requirements.txt minus torch/torchvision/kernel packages; torch is never pinned by hand."
+    want = {n: v for n, v in hosted_setup.pins().items() if n not in hosted_setup.SKIP}
+    assert want['fastai'] == '2.8.8' and not any(n.startswith(('torch', 'ipykernel')) for n in want)
+    assert 'torch.__version__' not in nbsync.SETUP and not re.search(r'^\s*[!%]', nbsync.SETUP, re.M)  # no magics
 
 
 def test_pins():
