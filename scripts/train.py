@@ -6,6 +6,7 @@
     python scripts/train.py --dataset kmnist                                  # auto: article on a GPU, cpu without
     python scripts/train.py --dataset kmnist --preset quick                   # seconds: does everything work?
     python scripts/train.py --dataset calligraphy --data DIR --out results/calligraphy.json   # progressive resizing
+    python scripts/train.py --dataset kmnist --model models/kmnist.pkl && python scripts/app.py --kmnist models/kmnist.pkl
 
 KMNIST presets: article (ResNet34, bs 128, 10 epochs, one-cycle, fp16 on a GPU), cpu, quick; the default, auto,
 is article on a GPU and cpu without one (a ResNet34 takes hours on a CPU).
@@ -30,6 +31,9 @@ def main(argv=None):
     p.add_argument('--data', help='folder holding the downloaded files (default data/<dataset>); for calligraphy, '
                                   'a folder of class folders (prepared once into data/cache/)')
     p.add_argument('--out', default='results/results.json', help='where to write the results (JSON)')
+    p.add_argument('--model', help='where to export the trained model for scripts/app.py and scripts/predict.py '
+                                   '(default models/<dataset>.pkl, models/<dataset>-quick.pkl for the quick preset, '
+                                   'so a check never replaces a real model)')
     p.add_argument('--preset', default='auto', choices=['auto', *h.PRESETS],  # the same names for calligraphy
                    help='auto (the default): article on a GPU, cpu without one')
     p.add_argument('--arch', choices=list(h.ARCHS))
@@ -63,13 +67,15 @@ def main(argv=None):
     print(f"{a.dataset}, {chosen}: {cfg['arch']}, {what}, bs {cfg['bs']}, lr {cfg['lr']}, on {h.device_name()}",
           flush=True)
     try:
-        res, _ = (h.progressive_resizing if a.dataset == 'calligraphy' else h.run_training)(cfg, a.data)
+        res, learn = (h.progressive_resizing if a.dataset == 'calligraphy' else h.run_training)(cfg, a.data)
     except (FileNotFoundError, ValueError, h.DownloadError) as e:  # DataFormatError is a ValueError
         print(f'error: {e}', file=sys.stderr); return 1
-    h.write_json(res, a.out)
+    model = h.export(learn, a.model or h.OUT_DIR / 'models' / f"{a.dataset}{'-quick' if preset == 'quick' else ''}.pkl")
+    h.write_json({**res, 'model': str(model)}, a.out)
     score = (f"test accuracy {res['test_accuracy']:.4f}, " if res['test_accuracy'] is not None else '') + \
             f"valid accuracy {res['valid_accuracy']:.4f}"
-    print(f"{score}, {res['seconds']:.0f} s of training, {res['images_per_second']:,.0f} images/s. Results: {a.out}")
+    print(f"{score}, {res['seconds']:.0f} s of training, {res['images_per_second']:,.0f} images/s. Results: {a.out}\n"
+          f"Model: {model} (try it: python scripts/app.py --{'calligraphy' if a.dataset == 'calligraphy' else 'kmnist'} {model})")
     return 0
 
 

@@ -12,6 +12,8 @@
     tracking     Weights & Biases, offline by default
     training     models, learners, presets, one reproducible run, export, the batch-size study
     calligraphy  calligraphy DataLoaders and progressive resizing
+    inference    preprocessing per kind of input (drawing, character image, photo), loading a model, top-k
+    app          the Gradio web app around inference
 
 Notebooks and scripts write `import helpers` and `helpers.<name>`: this file only hands the public names on,
 so `helpers.kmnist_dls` is `helpers.dataloaders.kmnist_dls`."""
@@ -32,3 +34,6 @@ from .training import (ARCHS, CALLIGRAPHY_PRESETS, PRESETS, auto_preset, batch_s
                        learner_for, load_for, loss_clearly_falling, make_config, make_learner, pick_lr,
                        plot_batch_size_study, run_training, training_speed)
 from .calligraphy import SeenSizes, calligraphy_dls, calligraphy_folder, limit_per_class, progressive_resizing
+from .inference import (COMMANDS, InputError, NoInk, ink, is_kmnist_image, kmnist_input, label_text, latency, load_model,
+                        model_kind, photo_input, predict, predict_files, prepare, probabilities, read_image, top_k)
+from .app import build_app, launch, read_drawing, read_photo, seen_image

@@ -1,0 +1,52 @@
+#!/usr/bin/env python
+"""The web app: draw a character and watch a KMNIST model read it; upload a calligraphy photo and read its style.
+
+    python scripts/app.py                                         # the models notebooks 04 and 05 exported
+    python scripts/app.py --kmnist models/kmnist.pkl              # a model from scripts/train.py
+    python scripts/app.py --calligraphy models/calligraphy.pkl --port 7861
+    python scripts/app.py --host 0.0.0.0                          # reachable from other machines on your network
+    python scripts/app.py --share                                 # a temporary public link through Gradio's servers
+
+It serves on 127.0.0.1 (this computer only) unless told otherwise, and needs no internet.
+Loading a model unpickles code: pass only model files you made or trust."""
+import argparse, sys
+
+import helpers as h
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], epilog=__doc__.split('\n', 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--kmnist', metavar='MODEL', help='a KMNIST model exported by notebook 04 or scripts/train.py '
+                                                     '(default models/kmnist.pkl, if it exists)')
+    p.add_argument('--calligraphy', metavar='MODEL', help='a calligraphy model exported by notebook 05 or '
+                                                          'scripts/train.py (default models/calligraphy.pkl, if it exists)')
+    p.add_argument('--host', default='127.0.0.1', help='address to serve on (default 127.0.0.1: this computer only)')
+    p.add_argument('--port', type=int, help='port (default: the first free one from 7860)')
+    p.add_argument('--share', action='store_true', help="also make a temporary public link through Gradio's servers")
+    a = p.parse_args(argv)
+    models = {k: getattr(a, k) or h.OUT_DIR / 'models' / f'{k}.pkl' for k in ('kmnist', 'calligraphy')}
+    named = {k for k in models if getattr(a, k)}
+    learners = {}
+    try:
+        for kind, path in models.items():
+            if kind in named or path.is_file():  # a default that does not exist is simply left out
+                learners[kind] = h.load_model(path, kind)
+    except h.InputError as e:
+        print(f'error: {e}', file=sys.stderr); return 1
+    if not learners:
+        print(f"error: no model found at {models['kmnist']} or {models['calligraphy']}: make one with "
+              f"`{h.COMMANDS['kmnist']}`, or pass --kmnist MODEL / --calligraphy MODEL.", file=sys.stderr)
+        return 1
+    for kind, learn in learners.items():
+        if learn.kind != kind:
+            print(f'error: {models[kind]} reads {learn.kind}, not {kind}: pass it as --{learn.kind}.', file=sys.stderr)
+            return 1
+    demo = h.build_app(learners.get('kmnist'), learners.get('calligraphy'))
+    print(f"Models: {', '.join(f'{k} from {models[k]}' for k in learners)}. Press Ctrl+C to stop.", flush=True)
+    h.launch(demo, host=a.host, port=a.port, share=a.share)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

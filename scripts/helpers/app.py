@@ -1,0 +1,113 @@
+"""The web app: Gradio Blocks around the inference helpers. Draw a character and read it (KMNIST model), or upload
+a calligraphy photo and read its style (calligraphy model). Works with no internet at all: Gradio 6.17 and later
+serve their own scripts and fonts, analytics are off, and a public share link is made only when asked for.
+
+The canvas: 400x400, black ink, a brush 34 px wide. KMNIST's strokes are about 3 px wide in a frame the character
+fills (measured on the test set: 3.0 px, median over images), so 11% of the character's size; a character drawn
+across 80% of the canvas, as the page asks, gets strokes of that proportion. The page starts with the brush in hand
+(Gradio's sketchpad otherwise waits for a click on its brush tool).
+Uses: inference."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')  # before gradio is imported: no telemetry, no update check
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from .inference import InputError, NoInk, label_text, predict  # noqa: E402
+
+CANVAS = 400
+BRUSH = 34  # stroke width in canvas pixels (see the module's docstring)
+SEEN_SIZE = 140  # the 28x28 input is shown 5x larger, each pixel a square
+EMPTY = 'Nothing to read yet: draw a character on the canvas, then press **Read it**.'
+# Click the sketchpad's brush tool once the page has loaded, so that the first stroke draws.
+SELECT_BRUSH = """() => { const pick = (n) => { const b = document.querySelector('#drawing button[aria-label="Brush"]');
+  if (b) { b.click(); } else if (n > 0) { setTimeout(() => pick(n - 1), 200); } }; pick(25); }"""
+
+
+def as_label(preds):
+    "Top-k predictions as the dict gr.Label shows: readable name -> probability."
+    return {label_text(p['label']): p['probability'] for p in preds}
+
+
+def seen_image(x):
+    "The model's 28x28 input, enlarged with square pixels, for the page."
+    return Image.fromarray(x).resize((SEEN_SIZE, SEEN_SIZE), Image.NEAREST)
+
+
+def read_drawing(learn, editor, k=3):
+    """Gradio handler for the sketchpad: (label dict, the 28x28 image the model saw, message). An empty canvas
+    gives no prediction and a message saying what to do."""
+    img = editor.get('composite') if isinstance(editor, dict) else editor
+    if img is None: return None, None, EMPTY
+    try:
+        preds, x = predict(learn, img, k)
+    except InputError as e:
+        return None, None, EMPTY if isinstance(e, NoInk) else str(e)
+    best = preds[0]
+    return as_label(preds), seen_image(x), f"Read as **{label_text(best['label'])}**, probability {best['probability']:.2f}."
+
+
+def read_photo(learn, img, k=3):
+    "Gradio handler for an uploaded photo: (label dict, message)."
+    if img is None: return None, 'Upload a photo of calligraphy (one or a few characters), then press **Read it**.'
+    try:
+        preds, _ = predict(learn, img, k)
+    except InputError as e:
+        return None, str(e)
+    best = preds[0]
+    return as_label(preds), f"Read as **{label_text(best['label'])}**, probability {best['probability']:.2f}."
+
+
+def build_app(kmnist=None, calligraphy=None, k=3):
+    """The app as a `gr.Blocks`: a Draw tab for a KMNIST learner, an Upload tab for a calligraphy learner (either
+    may be None). API names for gradio_client: /read_drawing and /read_photo."""
+    if kmnist is None and calligraphy is None: raise ValueError('build_app needs a KMNIST model, a calligraphy model, or both')
+    with gr.Blocks(title='Read Kuzushiji and calligraphy', analytics_enabled=False) as demo:
+        gr.Markdown('# Put the model to work\nA model trained in this series reads what you give it. It runs on this '
+                    'computer: nothing leaves it.')
+        with gr.Tabs():
+            if kmnist is not None:
+                with gr.Tab('Draw a character', id='draw'):
+                    gr.Markdown('Draw one hiragana character **big**, across most of the square, with the mouse or a '
+                                'finger, then press **Read it**. The model knows ten: ' +
+                                ', '.join(label_text(c) for c in kmnist.dls.vocab) + '.')
+                    with gr.Row():
+                        pad = gr.Sketchpad(canvas_size=(CANVAS, CANVAS), fixed_canvas=True, image_mode='RGBA',
+                                           type='numpy', layers=False, transforms=(), label='Your drawing',
+                                           brush=gr.Brush(default_size=BRUSH // 2, colors=['#000000'],
+                                                          color_mode='fixed'),
+                                           elem_id='drawing')
+                        with gr.Column():
+                            label = gr.Label(num_top_classes=k, label='Top 3', elem_id='drawing-label')
+                            seen = gr.Image(label='What the model saw (28x28)', height=SEEN_SIZE + 40,
+                                            interactive=False, elem_id='drawing-seen')
+                            msg = gr.Markdown(EMPTY, elem_id='drawing-message')
+                    with gr.Row():
+                        go = gr.Button('Read it', variant='primary', elem_id='drawing-read')
+                        gr.ClearButton([pad, label, seen], value='Clear', elem_id='drawing-clear').click(
+                            lambda: EMPTY, None, msg, queue=False, api_visibility="private")
+                    go.click(lambda ed: read_drawing(kmnist, ed, k), pad, [label, seen, msg], api_name='read_drawing')
+            if calligraphy is not None:
+                with gr.Tab('Upload calligraphy', id='upload'):
+                    gr.Markdown('Upload a photo of Chinese calligraphy to read its style: 楷书 kaishu (regular script), '
+                                '隶书 lishu (clerical script) or 小篆 xiaozhuan (small seal script).')
+                    with gr.Row():
+                        photo = gr.Image(type='pil', image_mode=None, sources=['upload', 'clipboard'], label='Photo',
+                                         elem_id='photo')
+                        with gr.Column():
+                            plabel = gr.Label(num_top_classes=k, label='Style', elem_id='photo-label')
+                            pmsg = gr.Markdown('', elem_id='photo-message')
+                    gr.Button('Read it', variant='primary', elem_id='photo-read').click(
+                        lambda im: read_photo(calligraphy, im, k), photo, [plabel, pmsg], api_name='read_photo')
+        if kmnist is not None: demo.load(None, None, None, js=SELECT_BRUSH)
+    return demo
+
+
+def launch(demo, host='127.0.0.1', port=None, share=False, inline=None, block=True, **kwargs):
+    """Start the app on `host` (this computer only by default; a public link only with `share=True`).
+    `block=False` returns at once (notebooks); close it with `demo.close()`."""
+    return demo.launch(server_name=host, server_port=port, share=share, inline=inline, prevent_thread_lock=not block,
+                       quiet=not block, **kwargs)
