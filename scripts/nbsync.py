@@ -47,8 +47,8 @@ def source_hash(source):
     return 'sha256:' + hashlib.sha256(text.encode('utf-8')).hexdigest()[:HASH_LEN]
 
 
-def badges(nb_path):
-    path = f"{h.REPO_URL.split('github.com/')[1]}/blob/main/notebooks/{nb_path.name}"
+def badges(name):
+    path = f"{h.REPO_URL.split('github.com/')[1]}/blob/main/notebooks/{name}"
     return (f'[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]'
             f'(https://colab.research.google.com/github/{path}) '
             f'[![Open in Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)]'
@@ -58,20 +58,24 @@ def badges(nb_path):
 def provenance(run):
     "The line under the badges that says where a notebook's outputs came from (`run`: its `kuzushiji` metadata)."
     v = ', '.join(f'{k} {run["versions"][k]}' for k in ('python', 'torch', 'fastai', 'fastcore', 'numpy') if k in run['versions'])
-    return (f'*The outputs below come from a full run of this notebook on the real data by `scripts/execute_notebooks.py`, '
-            f'on {run["date"]}, on {run["hardware"]}; {v}.*')
+    return (f'*The outputs below come from a full-size run on the real data ({run["date"]}, {run["hardware"]}; {v}), '
+            f'made by `scripts/execute_notebooks.py`.*')
 
 
 def lines(text): return text.splitlines(keepends=True)
 
 
 def synced(nb_path, strip=False):
-    """The notebook as it should be: badge cell and setup cell canonical, cell metadata trimmed to `KEPT`; with
-    `strip`, also without outputs, execution counts, source hashes and the record of the run."""
-    nb = json.loads(nb_path.read_text(encoding='utf-8'))
+    "The text `nb_path` should hold (see `canonical`)."
+    return canonical(json.loads(nb_path.read_text(encoding='utf-8')), nb_path.name, strip)
+
+
+def canonical(nb, name, strip=False):
+    """Notebook `nb` (a dict) as it should be written: badge cell and setup cell canonical, cell metadata trimmed to
+    `KEPT`; with `strip`, also without outputs, execution counts, source hashes and the record of the run."""
     run = None if strip else nb['metadata'].get('kuzushiji')
     cells = nb['cells']
-    top = badges(nb_path) + (f'\n\n{provenance(run)}' if run else '')
+    top = badges(name) + (f'\n\n{provenance(run)}' if run else '')
     cells[0] = {'cell_type': 'markdown', 'id': 'badge', 'metadata': {}, 'source': lines(top)}
     cells[1] = {'cell_type': 'code', 'execution_count': cells[1].get('execution_count'), 'id': 'setup',
                 'metadata': cells[1].get('metadata', {}), 'outputs': cells[1].get('outputs', []), 'source': lines(SETUP)}

@@ -1,0 +1,145 @@
+"""Committed outputs: made by scripts/execute_notebooks.py for the code beside them, and free of this machine.
+
+The committed notebooks are checked as they are; the checks and the cleaning are also run on small notebooks made
+here, each with the fault it must catch, so that every check is seen to fail."""
+import base64, copy, json, zlib, struct
+
+import execute_notebooks as ex
+import helpers as h
+import nbformat
+import nbsync
+import pytest
+from conftest import ROOT
+from nbrun import run
+
+NOTEBOOKS = sorted((ROOT / 'notebooks').glob('*.ipynb'))
+
+
+def png(w=4, h_=4):
+    "A small valid PNG (grey square)."
+    def chunk(kind, data): return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+    raw = b''.join(b'\0' + b'\x80' * w for _ in range(h_))
+    return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h_, 8, 0, 0, 0, 0)) + \
+        chunk(b'IDAT', zlib.compress(raw)) + chunk(b'IEND', b'')
+
+
+def notebook(*code, name='99_tiny.ipynb'):
+    "A notebook laid out like the series' own: badge cell, setup cell, then `code` cells."
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(''), nbformat.v4.new_code_cell(nbsync.SETUP)]
+                                  + [nbformat.v4.new_code_cell(c) for c in code])
+    return json.loads(nbsync.canonical(json.loads(nbformat.writes(nb)), name))
+
+
+def as_executed(nb):
+    "What execute_notebooks.py records: the run, and each code cell's source hash."
+    nb = copy.deepcopy(nb)
+    nb['metadata']['kuzushiji'] = {'date': '2026-01-01', 'hardware': 'a test', 'versions': {'python': '3'}}
+    for c in nb['cells']:
+        if c['cell_type'] == 'code': c['metadata']['source_hash'] = nbsync.source_hash(c['source'])
+    return nb
+
+
+@pytest.mark.parametrize('path', NOTEBOOKS, ids=lambda p: p.name[:2])
+def test_committed_outputs_are_fit(path):
+    "Outputs, where a notebook has them, match its code and show nothing of the machine that made them."
+    text = path.read_text(encoding='utf-8')
+    assert ex.problems(text, path.name) == []
+    nb = json.loads(text)
+    if 'kuzushiji' in nb['metadata']:  # the run is recorded, and shown under the badges
+        run_ = nb['metadata']['kuzushiji']
+        assert run_['date'] and run_['hardware'] and run_['versions']['fastai']
+        assert nbsync.provenance(run_) in ''.join(nb['cells'][0]['source'])
+
+
+def test_every_check_can_fail():
+    shown = {'output_type': 'stream', 'name': 'stdout'}
+    nb = as_executed(notebook('a', 'b', 'c', 'd', 'e', name='05_x.ipynb'))
+    nb['cells'][2]['outputs'] = [{**shown, 'text': f'saved to {ROOT}/models, /home/alice/data/x.npz\n'},
+                                 {**shown, 'text': 'wandb sync wandb/offline-run-20260101_101010-ab12cd34\n'}]
+    nb['cells'][3]['outputs'] = [{**shown, 'text': ' 10%\r 50%\r100%\n'},
+                                 {'output_type': 'error', 'ename': 'ValueError', 'evalue': 'x', 'traceback': []}]
+    nb['cells'][4]['outputs'] = [{'output_type': 'display_data', 'metadata': {},
+                                  'data': {'image/png': base64.b64encode(png()).decode(), 'text/plain': 'fig'}}]
+    nb['cells'][5]['source'] = 'changed()'
+    found = '\n'.join(ex.problems(json.dumps(nb), '05_x.ipynb'))
+    for what in (f'path of this machine: {ROOT}/models', 'path of this machine: /home/alice/data/x.npz',
+                 'W&B run folder', 'progress bar mid-way', 'an error (ValueError)', 'cell 4: a picture',
+                 'cell 5 changed after its outputs were made'):
+        assert what in found, what
+    assert 'picture' not in '\n'.join(ex.problems(json.dumps(nb), '01_x.ipynb'))  # pictures are fine elsewhere
+    del nb['metadata']['kuzushiji']
+    assert 'cell 2 has outputs not made by execute_notebooks.py' in ex.problems(json.dumps(nb), '01_x.ipynb')
+    assert any('MB, more than' in p for p in ex.problems(json.dumps(nb) + ' ' * ex.MAX_BYTES, '01_x.ipynb'))
+
+
+def test_clean_makes_outputs_fit():
+    image = base64.b64encode(png()).decode()
+    nb = as_executed(notebook('a', 'b', name='05_x.ipynb'))
+    nb['cells'][2]['outputs'] = [
+        {'output_type': 'stream', 'name': 'stdout', 'text': [f'data in {h.settings.DATA_DIR}/kmnist\n', 'epoch 1\r']},
+        {'output_type': 'stream', 'name': 'stdout', 'text': 'epoch 2\n'},  # the same bar, printed in two messages
+        {'output_type': 'stream', 'name': 'stderr', 'text': f'W&B: logging offline to {ROOT}/wandb/offline-run-20260101_101010-ab12cd34\n'},
+        {'output_type': 'execute_result', 'execution_count': 1, 'metadata': {},
+         'data': {'text/plain': f"Path('{ROOT}/models/export.pkl')"}}]
+    nb['cells'][3]['outputs'] = [{'output_type': 'display_data', 'metadata': {}, 'data': {'image/png': image, 'text/plain': 'fig'}}]
+    kept = copy.deepcopy(nb)
+    ex.clean(nb, '05_x.ipynb'); ex.clean(kept, '01_x.ipynb')
+    outs = nb['cells'][2]['outputs']
+    assert ''.join(outs[0]['text']) == 'data in ../data/kmnist\nepoch 2\n'
+    assert ''.join(outs[1]['text']) == 'W&B: logging offline to ../wandb/offline-run-<date>_<time>-<id>\n'
+    assert ''.join(outs[2]['data']['text/plain']) == "Path('../models/export.pkl')"
+    assert {k: ''.join(v) for k, v in nb['cells'][3]['outputs'][0]['data'].items()} == {'text/plain': ex.PICTURE_NOTE}
+    assert kept['cells'][3]['outputs'][0]['data']['image/png'] == image  # elsewhere the picture stays, untouched
+    assert ex.problems(json.dumps(nb), '05_x.ipynb') == [] and ex.problems(json.dumps(kept), '01_x.ipynb') == []
+
+
+def test_execute_writes_clean_outputs_and_refuses_errors(tmp_path):
+    "The whole path on a tiny notebook: run, record, clean; a failing cell or a foreign path stops it."
+    path = tmp_path / '05_tiny.ipynb'
+    path.write_text(json.dumps(notebook(
+        'import helpers; print(helpers.ROOT / "models")',
+        f'from IPython.display import Image; Image(data={png()!r})',
+        'import sys; [print(f"{i}0%", end="\\r", flush=True) for i in range(1, 11)]; print()')))
+    nb = json.loads(ex.execute(path, timeout=120))
+    cells = nb['cells']
+    assert ''.join(cells[2]['outputs'][0]['text']) == '../models\n'
+    assert {k: ''.join(v) for k, v in cells[3]['outputs'][0]['data'].items()} == {'text/plain': ex.PICTURE_NOTE}
+    assert ''.join(cells[4]['outputs'][0]['text']).strip() == '100%'
+    assert nb['metadata']['kuzushiji']['versions']['fastai'] == h.versions()['fastai']
+    assert nbsync.provenance(nb['metadata']['kuzushiji']) in ''.join(cells[0]['source'])
+    assert nbsync.unbacked(nb) == [] and cells[1]['metadata']['source_hash'] == nbsync.source_hash(nbsync.SETUP)
+
+    for bad, says in (('1/0', 'ZeroDivisionError'), ('print("/usr/lib/python3/dist-packages")', 'a path of this machine')):
+        path.write_text(json.dumps(notebook(bad)))
+        before = path.read_text()
+        with pytest.raises(SystemExit) as e: ex.execute(path, timeout=120)
+        assert says in str(e.value) and 'left as it was' in str(e.value) and path.read_text() == before
+
+
+def test_strip_and_changed_cells():
+    nb = as_executed(notebook('print(1)'))
+    nb['cells'][2]['outputs'] = [{'output_type': 'stream', 'name': 'stdout', 'text': '1\n'}]
+    nb['cells'][2]['execution_count'] = 2
+    assert nbsync.unbacked(nb) == []
+    stripped = json.loads(nbsync.canonical(copy.deepcopy(nb), '99_tiny.ipynb', strip=True))
+    assert 'kuzushiji' not in stripped['metadata'] and 'outputs below' not in ''.join(stripped['cells'][0]['source'])
+    assert all(c['outputs'] == [] and c['execution_count'] is None and 'source_hash' not in c['metadata']
+               for c in stripped['cells'] if c['cell_type'] == 'code')
+    kept = json.loads(nbsync.canonical(copy.deepcopy(nb), '99_tiny.ipynb'))
+    assert kept['cells'][2]['outputs'] and 'outputs below' in ''.join(kept['cells'][0]['source'])
+    nb['cells'][2]['source'] = 'print(2)'
+    assert nbsync.unbacked(nb) == ['cell 2 changed after its outputs were made']
+
+
+def test_quick_runs_never_write_back(tmp_path):
+    "tests/nbrun.py (the quick-mode notebook tests) executes in memory: the file on disk stays as it was."
+    path = tmp_path / 'tiny.ipynb'
+    path.write_text(nbformat.writes(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('print("ran")')])))
+    before = path.read_bytes()
+    nb = run(path)
+    assert nb.cells[0].outputs[0].text == 'ran\n' and path.read_bytes() == before
+
+
+def test_quick_mode_is_refused(monkeypatch):
+    monkeypatch.setattr(ex.h, 'QUICK', True)
+    with pytest.raises(SystemExit, match='KUZUSHIJI_QUICK is set'): ex.main(['01'])
