@@ -11,6 +11,8 @@ It serves on 127.0.0.1 (this computer only) unless told otherwise, and needs no 
 Loading a model unpickles code: pass only model files you made or trust."""
 import argparse, sys
 
+import torch
+
 import helpers as h
 
 
@@ -24,7 +26,10 @@ def main(argv=None):
     p.add_argument('--host', default='127.0.0.1', help='address to serve on (default 127.0.0.1: this computer only)')
     p.add_argument('--port', type=int, help='port (default: the first free one from 7860)')
     p.add_argument('--share', action='store_true', help="also make a temporary public link through Gradio's servers")
+    p.add_argument('--threads', type=int, default=1, help='PyTorch threads per prediction (default 1: one image is '
+                   'too small to share out, and requests from several users then run side by side)')
     a = p.parse_args(argv)
+    torch.set_num_threads(max(1, a.threads))
     models = {k: getattr(a, k) or h.OUT_DIR / 'models' / f'{k}.pkl' for k in ('kmnist', 'calligraphy')}
     named = {k for k in models if getattr(a, k)}
     learners = {}

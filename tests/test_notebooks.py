@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import write_kmnist
-from nbrun import NOTEBOOKS, images, run, text
+from nbrun import NOTEBOOKS, cell, images, run, text
 
 
 @pytest.fixture(scope='module')
@@ -132,3 +132,23 @@ def test_05_calligraphy(nb_env, tmp_path):
     for tag in ('confusion', 'top-losses', 'dls'):
         assert images(nb, tag), tag
     assert re.search(r'(kaishu: 楷书|lishu: 隶书|xiaozhuan: 小篆) \(\w+ script\), probability [\d.]+', text(nb, 'predict'))
+
+
+def test_06_put_it_to_work(nb_env, tmp_path):
+    _have_kmnist(nb_env)
+    env = {**nb_env, 'KUZUSHIJI_OUT': str(tmp_path / 'out')}  # no model yet: the notebook must train one itself
+    nb = run(NOTEBOOKS / '06_put_it_to_work.ipynb', env)
+    model = text(nb, 'model')
+    assert 'No model at' in model and 'training the quick preset' in model and 'Loaded kmnist.pkl' in model, model
+    assert (tmp_path / 'out' / 'models' / 'kmnist.pkl').is_file()
+    for tag in ('canvas', 'seen', 'top3'):
+        assert len(images(nb, tag)) == 1, tag
+    assert '(28, 28) uint8' in text(nb, 'seen')
+    top3 = re.findall(r'^(\S) \((\w+)\): ([\d.]+)$', text(nb, 'top3'), re.M)
+    assert len(top3) == 3 and all(c in 'おきすつなはまやれを' for c, _, _ in top3), text(nb, 'top3')
+    assert [float(p) for *_, p in top3] == sorted((float(p) for *_, p in top3), reverse=True)
+    bad = text(nb, 'bad')
+    assert 'Nothing to read' in bad and 'is not an image' in bad and 'Traceback' not in bad
+    shown = ''.join(o.get('data', {}).get('text/html', '') for o in cell(nb, 'app').outputs)
+    assert 'http://127.0.0.1:' in shown + text(nb, 'app'), 'the app is shown inline from this computer'
+    assert text(nb, 'close').strip() == 'app closed'

@@ -22,9 +22,13 @@ CANVAS = 400
 BRUSH = 34  # stroke width in canvas pixels (see the module's docstring)
 SEEN_SIZE = 140  # the 28x28 input is shown 5x larger, each pixel a square
 EMPTY = 'Nothing to read yet: draw a character on the canvas, then press **Read it**.'
-# Click the sketchpad's brush tool once the page has loaded, so that the first stroke draws.
-SELECT_BRUSH = """() => { const pick = (n) => { const b = document.querySelector('#drawing button[aria-label="Brush"]');
-  if (b) { b.click(); } else if (n > 0) { setTimeout(() => pick(n - 1), 200); } }; pick(25); }"""
+# Take the sketchpad's brush tool once the page has loaded and after every Clear (which puts it down again), so
+# that the first stroke draws: retried until the button exists and is highlighted.
+SELECT_BRUSH = """() => { const pick = (n) => {
+  const b = document.querySelector('#drawing button[aria-label="Brush"]');
+  if (b && b.classList.contains('highlight')) return;
+  if (b) b.click();
+  if (n > 0) setTimeout(() => pick(n - 1), 200); }; setTimeout(() => pick(25), 100); }"""
 
 
 def as_label(preds):
@@ -82,14 +86,15 @@ def build_app(kmnist=None, calligraphy=None, k=3):
                                            elem_id='drawing')
                         with gr.Column():
                             label = gr.Label(num_top_classes=k, label='Top 3', elem_id='drawing-label')
-                            seen = gr.Image(label='What the model saw (28x28)', height=SEEN_SIZE + 40,
+                            seen = gr.Image(label='What the model saw (28x28)', height=SEEN_SIZE + 40, format='png',
                                             interactive=False, elem_id='drawing-seen')
                             msg = gr.Markdown(EMPTY, elem_id='drawing-message')
                     with gr.Row():
                         go = gr.Button('Read it', variant='primary', elem_id='drawing-read')
                         gr.ClearButton([pad, label, seen], value='Clear', elem_id='drawing-clear').click(
-                            lambda: EMPTY, None, msg, queue=False, api_visibility="private")
-                    go.click(lambda ed: read_drawing(kmnist, ed, k), pad, [label, seen, msg], api_name='read_drawing')
+                            lambda: EMPTY, None, msg, queue=False, api_visibility='private', js=SELECT_BRUSH)
+                    def read_pad(drawing): return read_drawing(kmnist, drawing, k)  # gradio_client shows the name
+                    go.click(read_pad, pad, [label, seen, msg], api_name='read_drawing')
             if calligraphy is not None:
                 with gr.Tab('Upload calligraphy', id='upload'):
                     gr.Markdown('Upload a photo of Chinese calligraphy to read its style: 楷书 kaishu (regular script), '
@@ -100,8 +105,9 @@ def build_app(kmnist=None, calligraphy=None, k=3):
                         with gr.Column():
                             plabel = gr.Label(num_top_classes=k, label='Style', elem_id='photo-label')
                             pmsg = gr.Markdown('', elem_id='photo-message')
+                    def read_upload(photo): return read_photo(calligraphy, photo, k)
                     gr.Button('Read it', variant='primary', elem_id='photo-read').click(
-                        lambda im: read_photo(calligraphy, im, k), photo, [plabel, pmsg], api_name='read_photo')
+                        read_upload, photo, [plabel, pmsg], api_name='read_photo')
         if kmnist is not None: demo.load(None, None, None, js=SELECT_BRUSH)
     return demo
 

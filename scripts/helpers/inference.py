@@ -121,6 +121,15 @@ def kmnist_input(src):
     return (small * (255 / max(small.max(), 1e-6))).round().astype(np.uint8)
 
 
+def as_drawing(a, size=260, pos=(70, 70), canvas=400, paper=(0, 0, 0, 0)):
+    """A 28x28 white-on-black KMNIST image as the app's sketchpad sends a drawing: black ink on a transparent
+    (or `paper`-coloured) RGBA canvas, scaled to `size` pixels, its top-left corner at `pos`. For demos and tests."""
+    ink_ = Image.fromarray(np.asarray(a, dtype=np.uint8)).resize((size, size), Image.BILINEAR)
+    c = Image.new('RGBA', (canvas, canvas), paper)
+    c.paste(Image.new('RGBA', (size, size), (0, 0, 0, 255)), tuple(pos), ink_)
+    return c
+
+
 def photo_input(src):
     "A calligraphy photo -> RGB (transparency on white, EXIF rotation applied), shorter side at most 384 px."
     return shrink(to_rgb(read_image(src)), PHOTO_SIDE)
