@@ -29,7 +29,7 @@ import helpers as h
 import nbsync
 
 MAX_BYTES = 3_000_000
-ABSOLUTE_PATH = re.compile(r'(?<![\w:/.])/(?:[\w.+-]+/){2,}[\w.+-]*')  # the project's pre-commit check uses this rule
+ABSOLUTE_PATH = re.compile(r'(?<![\w:/.])/(?:[\w.+-]+/){2,}[\w.+-]*')  # /home/you/data/x, not a URL nor ../data/x
 WANDB_RUN = re.compile(r'\b((?:offline-)?run-)\d{8}_\d{6}-[0-9a-z]+\b')
 NO_PICTURES = '05'  # notebooks whose name starts so are committed without images
 PICTURE_NOTE = ('(This picture is not kept in the committed notebook: the calligraphy images\' rights are unclear. '
@@ -49,7 +49,8 @@ def pick(names):
 def hardware():
     import torch
     if torch.cuda.is_available(): return f'one {torch.cuda.get_device_name(0)} GPU'
-    return f'{len(os.sched_getaffinity(0))} cores of an {h.device_name()}, no GPU'
+    cpu = re.sub(r'\((R|TM)\)', '', h.device_name())  # 'Intel(R) Xeon(R) Processor' reads as 'Intel Xeon Processor'
+    return f'{len(os.sched_getaffinity(0))} cores of an {cpu}, no GPU'
 
 
 def final_state(text):
@@ -63,8 +64,7 @@ def _is_picture(mime): return mime.startswith('image/')
 def _map_text(out, fn):
     "Apply `fn` to every text in an output (picture data excepted); nbformat may store a text as a list of lines."
     def apply(v): return nbsync.lines(fn(''.join(v) if isinstance(v, list) else v))
-    for k in ('text',):
-        if k in out: out[k] = apply(out[k])
+    if 'text' in out: out['text'] = apply(out['text'])
     for mime, v in out.get('data', {}).items():
         if not _is_picture(mime) and isinstance(v, (str, list)): out['data'][mime] = apply(v)
 

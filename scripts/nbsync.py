@@ -34,7 +34,8 @@ sys.path.insert(0, os.path.abspath('../scripts'))
 if COLAB or KAGGLE:
     import hosted_setup; hosted_setup.install()"""
 
-# Kaggle reads this when it imports a notebook: a GPU and the internet (the setup cell needs it).
+# Kaggle's notebook metadata, asking for a GPU and the internet; where Kaggle ignores it, the setup cell says
+# to switch the internet on.
 KAGGLE = {'accelerator': 'gpu', 'isGpuEnabled': True, 'isInternetEnabled': True, 'language': 'python',
           'sourceType': 'notebook'}
 KEPT = ('tags', 'source_hash')  # the cell metadata kept: test tags, and which source made the outputs
@@ -57,7 +58,8 @@ def badges(name):
 
 def provenance(run):
     "The line under the badges that says where a notebook's outputs came from (`run`: its `kuzushiji` metadata)."
-    v = ', '.join(f'{k} {run["versions"][k]}' for k in ('python', 'torch', 'fastai', 'fastcore', 'numpy') if k in run['versions'])
+    names = {'python': 'Python', 'torch': 'torch', 'fastai': 'fastai', 'fastcore': 'fastcore', 'numpy': 'NumPy'}
+    v = ', '.join(f'{names[k]} {run["versions"][k]}' for k in names if k in run['versions'])
     return (f'*The outputs below come from a full-size run on the real data ({run["date"]}, {run["hardware"]}; {v}), '
             f'made by `scripts/execute_notebooks.py`.*')
 

@@ -5,7 +5,7 @@ in a fresh virtual environment of its own (never the project's .venv) that holds
 `torch.__version__` carries a local label its distribution lacks (`2.14.1+cu130` vs `2.14.1`, as PyPI's CUDA
 builds do). `git clone` of the repository URL is redirected to a local copy of this checkout (git's `insteadOf`),
 and pip installs from a folder of small stand-in wheels with the pinned names and versions (`PIP_NO_INDEX`)."""
-import os, re, shutil, subprocess, sys, zipfile
+import json, os, re, shutil, subprocess, sys, zipfile
 from pathlib import Path
 
 import helpers as h
@@ -157,5 +157,4 @@ def test_locally_only_makes_helpers_importable(hosted):
 
 def test_every_notebook_runs_this_cell():
     for p in sorted((ROOT / 'notebooks').glob('*.ipynb')):
-        import json
         assert ''.join(json.loads(p.read_text(encoding='utf-8'))['cells'][1]['source']) == nbsync.SETUP, p.name
