@@ -5,8 +5,8 @@
     python scripts/execute_notebooks.py 01 02    # only these (a number or a file name)
 
 Each notebook runs top to bottom in a fresh kernel (nbclient), in notebooks/, as a reader's would, and its file is
-replaced only once everything below holds; otherwise the run stops with the list of what is wrong and the file
-is left as it was:
+replaced only once everything below holds; otherwise the run stops with the list of what is wrong, the file is
+left as it was, and the rejected run is saved in a temporary folder for a look:
 - no cell failed (no error output is ever committed);
 - no output shows this machine: the repository becomes `..` and the data folder `../data` (paths as seen from
   the notebook), the home folder `~`, W&B run folders `run-<date>_<time>-<id>`; an absolute path, host name
@@ -18,7 +18,7 @@ The run is recorded in the notebook's metadata (date, hardware, library versions
 badges), and each code cell gets a hash of its source, so a cell changed later is caught by `nbsync.py --check`.
 Set `KUZUSHIJI_DATA` to use data you already have; quick mode (`KUZUSHIJI_QUICK`) is refused.
 """
-import argparse, datetime, getpass, json, os, re, socket, sys, time
+import argparse, datetime, getpass, json, os, re, socket, sys, tempfile, time
 from pathlib import Path
 
 import nbformat
@@ -142,8 +142,11 @@ def execute(path, timeout):
     clean(nb, path.name)
     text = nbsync.canonical(nb, path.name)
     wrong = problems(text, path.name)
-    if wrong: sys.exit(f'{path.name} ran, but its outputs cannot be committed; its file is left as it was:\n  '
-                       + '\n  '.join(wrong))
+    if wrong:
+        kept = Path(tempfile.mkdtemp()) / path.name  # a long run is not lost: look at it, fix the cell, run again
+        kept.write_text(text, encoding='utf-8')
+        sys.exit(f'{path.name} ran, but its outputs cannot be committed; its file is left as it was, and the run '
+                 f'is in {kept}:\n  ' + '\n  '.join(wrong))
     return text
 
 

@@ -114,6 +114,8 @@ def test_execute_writes_clean_outputs_and_refuses_errors(tmp_path):
         before = path.read_text()
         with pytest.raises(SystemExit) as e: ex.execute(path, timeout=120)
         assert says in str(e.value) and 'left as it was' in str(e.value) and path.read_text() == before
+    kept = str(e.value).split('the run is in ')[1].split(':\n')[0]  # the rejected run is kept for a look
+    assert '/usr/lib/python3/dist-packages' in open(kept, encoding='utf-8').read()
 
 
 def test_strip_and_changed_cells():
