@@ -53,5 +53,5 @@ def install(requirements=REQUIREMENTS):
     importlib.invalidate_caches()
     wrong = [f'{n} is {installed(n) or "missing"}, not {v}' for n, v in {**want, **held}.items() if installed(n) != v]
     if wrong: raise RuntimeError(f"After pip, {', '.join(wrong)}: {_fix()}.")
-    print('Installed ' + ', '.join(f'{n} {v}' for n, v in want.items())
-          + '; kept the platform\'s ' + ', '.join(f'{n} {v}' for n, v in held.items()) + '.')
+    kept = ', '.join(f'{n} {v}' for n, v in held.items())
+    print('Installed ' + ', '.join(f'{n} {v}' for n, v in want.items()) + (f"; kept the platform's {kept}." if kept else '.'))
