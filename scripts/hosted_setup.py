@@ -16,7 +16,7 @@ from pathlib import Path
 
 REQUIREMENTS = Path(__file__).resolve().parent.parent / 'requirements.txt'
 KEEP = ('torch', 'torchvision')  # the platform's own builds: never reinstalled
-SKIP = KEEP + ('ipykernel', 'nbclient', 'nbformat', 'pytest')  # plus the platform's kernel and what only the tests use
+SKIP = KEEP + ('ipykernel', 'nbclient', 'nbformat', 'pytest', 'playwright')  # + the platform's kernel, what only tests use
 
 
 def pins(path=REQUIREMENTS):

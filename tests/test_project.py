@@ -28,7 +28,7 @@ def test_every_notebook_starts_with_badge_and_setup():
 def test_hosted_install_keeps_the_platforms_torch():
     "Hosted notebooks install requirements.txt minus torch/torchvision/kernel packages; torch is never pinned by hand."
     want = {n: v for n, v in hosted_setup.pins().items() if n not in hosted_setup.SKIP}
-    assert want['fastai'] == '2.8.8' and not any(n.startswith(('torch', 'ipykernel')) for n in want)
+    assert want['fastai'] == '2.8.8' and not any(n.startswith(('torch', 'ipykernel', 'pytest', 'playwright')) for n in want)
     assert 'torch.__version__' not in nbsync.SETUP and not re.search(r'^\s*[!%]', nbsync.SETUP, re.M)  # no magics
 
 
