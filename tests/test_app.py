@@ -1,7 +1,7 @@
 """The app and the command lines: the HTTP API through gradio_client, predict.py on good and bad files, train.py
 --model then app.py and predict.py, and the page in a real browser (Debian's Chromium driven by Playwright, every
 request that is not for 127.0.0.1 blocked). Screenshots of each state go to $APP_SHOTS (default /tmp/app-shots)."""
-import json, os, socket, subprocess, sys, time
+import io, json, os, socket, subprocess, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +179,15 @@ def test_the_page_in_a_real_browser(app, tmp_path):
         page.wait_for_function("document.querySelector('#drawing button[aria-label=\"Brush\"]').classList"
                                ".contains('highlight')", timeout=20_000)  # Clear puts the brush down; it is taken again
         page.screenshot(path=SHOTS / '4-cleared.png')
+        draw([(0.1, 0.5), (0.9, 0.5)])  # after Clear, one flat stroke: the model must see it alone
+        page.click('#drawing-read')
+        page.wait_for_function("document.querySelector('#drawing-message').innerText.startsWith('Read as')", timeout=30_000)
+        seen = page.request.get(page.locator('#drawing-seen img').get_attribute('src')).body()
+        rows = (np.asarray(Image.open(io.BytesIO(seen)).convert('L'))[::5, ::5] > 128).any(1)
+        assert rows.sum() <= 10, f'the old drawing came back after Clear: ink on {rows.sum()} of 28 rows'
+        page.screenshot(path=SHOTS / '5-after-clear.png')
+        page.click('#drawing-clear')
+        page.wait_for_function("document.querySelector('#drawing-message').innerText.startsWith('Nothing to read')")
         page.click('#drawing-read')  # an empty canvas: a message, no prediction
         page.wait_for_timeout(1500)
         assert page.inner_text('#drawing-message').startswith('Nothing to read')
@@ -191,6 +200,6 @@ def test_the_page_in_a_real_browser(app, tmp_path):
         page.click('#photo-read')
         page.wait_for_function("document.querySelector('#photo-message').innerText.startsWith('Read as')", timeout=30_000)
         assert any(s in page.inner_text('#photo-label') for s in h.CALLIGRAPHY_CLASSES)
-        page.screenshot(path=SHOTS / '5-photo.png')
+        page.screenshot(path=SHOTS / '6-photo.png')
         browser.close()
     assert outside == [], f'the page asked for something outside this computer: {outside}'

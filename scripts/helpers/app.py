@@ -29,6 +29,10 @@ SELECT_BRUSH = """() => { const pick = (n) => {
   if (b && b.classList.contains('highlight')) return;
   if (b) b.click();
   if (n > 0) setTimeout(() => pick(n - 1), 200); }; setTimeout(() => pick(25), 100); }"""
+# Clear with the sketchpad's own "Clear canvas" tool, then take the brush again. (Resetting the component's value
+# from Python, as gr.ClearButton does, blanked the canvas but let strokes drawn soon after bring old ones back.)
+CLEAR_CANVAS = """() => { document.querySelector('#drawing button[aria-label="Clear canvas"]')?.click();
+  (%s)(); }""" % SELECT_BRUSH
 
 
 def as_label(preds):
@@ -91,8 +95,9 @@ def build_app(kmnist=None, calligraphy=None, k=3):
                             msg = gr.Markdown(EMPTY, elem_id='drawing-message')
                     with gr.Row():
                         go = gr.Button('Read it', variant='primary', elem_id='drawing-read')
-                        gr.ClearButton([pad, label, seen], value='Clear', elem_id='drawing-clear').click(
-                            lambda: EMPTY, None, msg, queue=False, api_visibility='private', js=SELECT_BRUSH)
+                        gr.Button('Clear', elem_id='drawing-clear').click(
+                            lambda: (None, None, EMPTY), None, [label, seen, msg], queue=False,
+                            api_visibility='private', js=CLEAR_CANVAS)
                     def read_pad(drawing): return read_drawing(kmnist, drawing, k)  # gradio_client shows the name
                     go.click(read_pad, pad, [label, seen, msg], api_name='read_drawing')
             if calligraphy is not None:
