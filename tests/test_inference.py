@@ -108,7 +108,7 @@ def test_exif_rotation_is_applied(chars):
     Image.new('L', (400, 400), 255), Image.new('RGBA', (400, 400), (0, 0, 0, 0)), Image.new('RGB', (280, 280), 'white'),
     np.full((400, 400, 4), 0, np.uint8), Image.new('L', (28, 28), 0)])
 def test_an_empty_canvas_has_no_prediction(canvas):
-    with pytest.raises(h.NoInk, match='Draw a character'): h.kmnist_input(canvas)
+    with pytest.raises(h.NoInk, match='draw a character first'): h.kmnist_input(canvas)
 
 
 def test_a_10000_pixel_jpeg_is_decoded_small(tmp_path):

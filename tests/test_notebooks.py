@@ -147,6 +147,7 @@ def test_06_put_it_to_work(nb_env, tmp_path):
     top3 = re.findall(r'^(\S) \((\w+)\): ([\d.]+)$', text(nb, 'top3'), re.M)
     assert len(top3) == 3 and all(c in 'おきすつなはまやれを' for c, _, _ in top3), text(nb, 'top3')
     assert [float(p) for *_, p in top3] == sorted((float(p) for *_, p in top3), reverse=True)
+    assert re.search(r'the answer: \S \(\w+\); on the original the model says \S \(\w+\) \([\d.]+\)', text(nb, 'top3'))
     bad = text(nb, 'bad')
     assert 'Nothing to read' in bad and 'is not an image' in bad and 'Traceback' not in bad
     shown = ''.join(o.get('data', {}).get('text/html', '') for o in cell(nb, 'app').outputs)

@@ -110,7 +110,7 @@ def kmnist_input(src):
         if is_kmnist_image(a): return a.copy()
     a = ink(im)
     rows, cols = np.flatnonzero((a >= INK_LEVEL).any(1)), np.flatnonzero((a >= INK_LEVEL).any(0))
-    if not len(rows): raise NoInk('Nothing to read: there is no ink on the picture. Draw a character, then submit.')
+    if not len(rows): raise NoInk('Nothing to read: there is no ink on the picture; draw a character first.')
     a = a[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     side = max(a.shape)
     sq = np.zeros((side, side), np.float32)
