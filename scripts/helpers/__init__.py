@@ -17,7 +17,8 @@
 
 Notebooks and scripts write `import helpers` and `helpers.<name>`: this file only hands the public names on,
 so `helpers.kmnist_dls` is `helpers.dataloaders.kmnist_dls`."""
-from .settings import DATA_DIR, OUT_DIR, QUICK, REPO_URL, ROOT, device_name, on_gpu, set_seed, use_fp16, versions, write_json
+from .settings import (DATA_DIR, OUT_DIR, QUICK, REPO_URL, ROOT, cpu_flags, cpu_has_bf16, device_name, on_gpu, set_seed,
+                       use_fp16, versions, write_json)
 from .catalogue import (CALLIGRAPHY_CLASSES, CALLIGRAPHY_COMMIT, CALLIGRAPHY_NAMES, CALLIGRAPHY_REPO, CALLIGRAPHY_URL,
                         CALLIGRAPHY_ZIP, DESCRIPTIONS, FILES, FORMATS, HOSTS, KNOWN_MIRRORS, MIRROR_ENV, OFFICIAL_URL,
                         ROMAJI, dataset_files, list_files)
@@ -30,9 +31,9 @@ from .dataloaders import (ArrayDataset, ArrayDL, benchmark_loader, char_augment,
 from .plots import class_counts, file_table, japanese_font, label_name, plot_class_balance, show_examples
 from .lr import RawLossRecorder, article_rule, find_lr, load_lr, plot_lr_find, save_lr, smooth
 from .tracking import finish_wandb, start_wandb, wandb_logged_in
-from .training import (ARCHS, CALLIGRAPHY_PRESETS, PRESETS, auto_preset, batch_size_study, export, history, kmnist_cnn,
-                       learner_for, load_for, loss_clearly_falling, make_config, make_learner, pick_lr,
-                       plot_batch_size_study, run_training, training_speed)
+from .training import (ARCHS, CALLIGRAPHY_PRESETS, PRESETS, CPUSpeedups, auto_preset, batch_size_study, cpu_settings,
+                       export, history, kmnist_cnn, learner_for, load_for, loss_clearly_falling, make_config,
+                       make_learner, pick_lr, plot_batch_size_study, run_training, speed_summary, training_speed)
 from .calligraphy import SeenSizes, calligraphy_dls, calligraphy_folder, limit_per_class, progressive_resizing
 from .inference import (COMMANDS, InputError, NoInk, as_drawing, ink, is_kmnist_image, kmnist_input, label_text, latency,
                         load_model, model_kind, photo_input, predict, predict_files, prepare, probabilities, read_image,

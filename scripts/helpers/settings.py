@@ -33,6 +33,21 @@ def use_fp16():
     return torch.cuda.is_available()
 
 
+def cpu_flags():
+    "The CPU's feature flags as Linux lists them in /proc/cpuinfo (x86 'flags', Arm 'Features'); empty elsewhere."
+    try:
+        for line in open('/proc/cpuinfo'):
+            if line.startswith(('flags', 'Features')): return set(line.split(':', 1)[1].split())
+    except OSError: pass
+    return set()
+
+
+def cpu_has_bf16():
+    """Does the CPU say it computes bfloat16 itself (AVX512-BF16 or AMX on x86, BF16 on Arm)? Without it PyTorch
+    emulates bfloat16, slower than float32. A virtual machine may hide the flag: then we stay with float32."""
+    return bool(cpu_flags() & {'avx512_bf16', 'amx_bf16', 'bf16'})
+
+
 def device_name():
     "The GPU's name, or the CPU's model name, for reports."
     if torch.cuda.is_available(): return torch.cuda.get_device_name(0)

@@ -1,22 +1,22 @@
-"""Training: models, learners, presets, one reproducible run, export, the batch-size study.
+"""Training: models, learners, CPU speed-ups, presets, one reproducible run, export, the batch-size study.
 
 Uses: settings, arrays, dataloaders, lr, tracking."""
 from __future__ import annotations
 
-import os, sys, time
+import copy, os, random, sys, time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from fastai.vision.all import (ConvLayer, Flatten, Learner, ResBlock, accuracy, error_rate, get_c, resnet18, resnet34,
-                               resnet50, vision_learner)
+from fastai.vision.all import (Callback, ConvLayer, Flatten, Learner, ResBlock, accuracy, error_rate, get_c, resnet18,
+                               resnet34, resnet50, to_float, vision_learner)
 from torch import nn
 
 from .arrays import load_arrays, subsample
 from .dataloaders import kmnist_dls, test_dl
 from .lr import RawLossRecorder, find_lr, smooth
-from .settings import device_name, on_gpu, set_seed, use_fp16, versions
+from .settings import cpu_has_bf16, device_name, on_gpu, set_seed, use_fp16, versions
 from .tracking import finish_wandb, start_wandb
 
 
@@ -55,11 +55,86 @@ def make_learner(dls, arch='resnet34', pretrained=True, n_in=1, metrics=(accurac
     return learn
 
 
+class CPUSpeedups(Callback):
+    """Faster training on a CPU, as a fastai callback. The model sees each batch as a plain tensor: fastai's tensor
+    types run Python code around every operation of the forward pass (13-20% of a `kmnist_cnn` training step on
+    2 cores); the rest of fastai gets its typed batch back after the forward pass. With `channels_last` the model and
+    batch use the memory format of oneDNN's fast CPU convolutions; with `bf16` the forward pass and loss run under
+    bfloat16 autocast, as fastai's `to_bf16()` does on a GPU (its autocast is CUDA-only, so it does nothing on a
+    CPU). bfloat16 has float32's range, so no loss scaling; the weights and the optimizer stay float32."""
+    order = 10  # where fastai's MixedPrecision sits: before the recorder reads the loss
+    def __init__(self, channels_last=True, bf16=False): self.channels_last, self.bf16 = channels_last, bf16
+    def before_fit(self):
+        if self.channels_last: self.learn.model.to(memory_format=torch.channels_last)
+    def before_batch(self):
+        self.typed_xb = self.xb
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.learn.xb = tuple(x.as_subclass(torch.Tensor).contiguous(memory_format=fmt) if x.ndim == 4 else x
+                              for x in self.xb)
+        self.autocast = torch.autocast('cpu', dtype=torch.bfloat16, enabled=self.bf16)
+        self.autocast.__enter__()
+    def after_pred(self): self.learn.pred, self.learn.xb = to_float(self.pred), self.typed_xb
+    def after_loss(self): self.autocast.__exit__(None, None, None)
+    def __repr__(self): return f'CPUSpeedups({speed_text(self)})'
+
+
+def speed_text(cb):
+    "How a learner computes, in words: 'float32', 'channels_last', 'channels_last + bfloat16'."
+    if cb is None: return 'float32'
+    return ' + '.join([*(['channels_last'] if cb.channels_last else []), *(['bfloat16'] if cb.bf16 else [])]) or 'float32'
+
+
+_MEASURED = {}  # model kind and input shape -> the settings cpu_settings chose, so a process measures once
+
+
+def step_seconds(learn, candidates, xb, yb, rounds=4):
+    "The fastest of `rounds` training steps (after one to warm up) of a copy of `learn.model`, per (channels_last, bf16)."
+    best = {c: float('inf') for c in candidates}
+    models = {c: copy.deepcopy(learn.model).train() for c in candidates}
+    for r in range(rounds + 1):
+        for cl, bf in candidates:  # in turns, so that a neighbour's load hits every candidate alike
+            m, x = models[cl, bf], xb.contiguous(memory_format=torch.channels_last) if cl else xb
+            if cl: m.to(memory_format=torch.channels_last)
+            t = time.perf_counter()
+            with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf): loss = learn.loss_func(m(x).float(), yb)
+            loss.backward(); m.zero_grad()
+            if r: best[cl, bf] = min(best[cl, bf], time.perf_counter() - t)
+    return best
+
+
+def cpu_settings(learn, margin=0.9):
+    """The fastest way to train `learn` on this CPU, measured rather than assumed: training steps of a copy of its
+    model on one of its batches as float32, as channels_last and, only where `cpu_has_bf16()`, as channels_last +
+    bfloat16. One is chosen only if it beats plain float32 by 10% (`margin`), so a machine where it does not pay
+    keeps float32. Measured once per model and input shape; the random generators are left as they were."""
+    rng = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng():
+        xb, yb = learn.dls.valid.one_batch()  # no augmentation, and the training loader's order is left alone
+        xb, yb = xb[:learn.dls.train.bs].as_subclass(torch.Tensor), yb[:learn.dls.train.bs]  # as CPUSpeedups feeds it
+        key = (type(learn.model).__name__, sum(p.numel() for p in learn.model.parameters()), tuple(xb.shape[1:]))
+        if key not in _MEASURED:
+            best = step_seconds(learn, [(False, False), (True, False)] + ([(True, True)] if cpu_has_bf16() else []), xb, yb)
+            fastest = min(best, key=best.get)
+            cl, bf = fastest if best[fastest] <= margin * best[False, False] else (False, False)
+            _MEASURED[key] = dict(channels_last=cl, bf16=bf)
+    random.setstate(rng[0]); np.random.set_state(rng[1])
+    return dict(_MEASURED[key])
+
+
 def learner_for(cfg, dls, cbs=(), n_in=1):
-    "The config's learner: architecture, pretrained or not, mixed precision on an NVIDIA GPU if the preset says so."
+    """The config's learner: architecture, pretrained or not; mixed precision on an NVIDIA GPU if the preset says so;
+    on a CPU, the `CPUSpeedups` that `cpu_settings` measured to pay here (unless `cfg['speedups']` is False).
+    An Apple GPU (MPS) is left as fastai sets it up."""
     learn = make_learner(dls, cfg['arch'], pretrained=cfg['pretrained'], n_in=n_in, cbs=[c for c in cbs if c] or None)
     if cfg['fp16'] and use_fp16(): learn.to_fp16()
+    elif not on_gpu() and cfg.get('speedups', True): learn.add_cb(CPUSpeedups(**cpu_settings(learn)))
     return learn
+
+
+def speed_summary(learn):
+    "How `learn` computes: 'float32', 'mixed precision (fp16)', 'channels_last + bfloat16' and so on."
+    if any(type(c).__name__ == 'MixedPrecision' for c in learn.cbs): return 'mixed precision (fp16)'
+    return speed_text(next((c for c in learn.cbs if isinstance(c, CPUSpeedups)), None))
 
 
 def pick_lr(cfg, learn):
@@ -68,8 +143,10 @@ def pick_lr(cfg, learn):
 
 
 def export(learn, path):
-    "`learn.export` without the W&B callback (fastai's advice: a loaded learner would start W&B again)."
+    """`learn.export` without the W&B callback (fastai's advice: a loaded learner would start W&B again) and without
+    `CPUSpeedups` (what paid on this CPU may not pay where the file is loaded)."""
     finish_wandb(learn)
+    if any(isinstance(c, CPUSpeedups) for c in learn.cbs): learn.remove_cb(CPUSpeedups)
     path = Path(path).resolve(); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + '.tmp')
     learn.export(tmp)
@@ -158,6 +235,7 @@ def run_training(cfg, data=None, log=print):
     finish_wandb(learn)
     return dict(test_accuracy=float(test_acc), valid_accuracy=float(valid_acc), history=hist,
                 seconds=round(seconds, 1), images_per_second=round(n_seen / seconds, 1), device=device_name(),
+                computes=speed_summary(learn), torch_threads=torch.get_num_threads(),
                 cpu_cores=os.cpu_count(), versions=versions(), lr=float(lr), weights=learn.weights,
                 config=cfg, n_train=len(dls.train_ds), n_valid=len(dls.valid_ds), n_test=len(test[0])), learn
 
