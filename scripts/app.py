@@ -14,6 +14,7 @@ import argparse, sys
 import torch
 
 import helpers as h
+import helpers.app  # noqa: F401  (the web app; loads Gradio)
 
 
 def main(argv=None):
@@ -47,9 +48,9 @@ def main(argv=None):
         if learn.kind != kind:
             print(f'error: {models[kind]} reads {learn.kind}, not {kind}: pass it as --{learn.kind}.', file=sys.stderr)
             return 1
-    demo = h.build_app(learners.get('kmnist'), learners.get('calligraphy'))
+    demo = h.app.build_app(learners.get('kmnist'), learners.get('calligraphy'))
     print(f"Models: {', '.join(f'{k} from {models[k]}' for k in learners)}. Press Ctrl+C to stop.", flush=True)
-    h.launch(demo, host=a.host, port=a.port, share=a.share)
+    h.app.launch(demo, host=a.host, port=a.port, share=a.share)
     return 0
 
 

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 import helpers as h
+import helpers.app  # noqa: F401  (the web app; loads Gradio)
 from conftest import ROOT, write_kmnist
 from test_inference import CHARS, as_drawing, synthetic_chars
 
@@ -41,9 +42,9 @@ def models(tmp_path_factory):
 def app(models):
     "The app in this process, on 127.0.0.1 at a free port, closed at the end."
     km, cal, _ = models
-    demo = h.build_app(h.load_model(km), h.load_model(cal, 'calligraphy'))
+    demo = h.app.build_app(h.load_model(km), h.load_model(cal, 'calligraphy'))
     port = free_port()
-    h.launch(demo, port=port, block=False)
+    h.app.launch(demo, port=port, block=False)
     yield f'http://127.0.0.1:{port}/'
     demo.close()
 

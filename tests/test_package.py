@@ -60,9 +60,16 @@ def test_every_name_used_by_notebooks_and_scripts_resolves():
             if c['cell_type'] == 'code': used |= set(re.findall(r'\bhelpers\.(\w+)', ''.join(c['source'])))
     for py in (ROOT / 'scripts').glob('*.py'):
         used |= set(re.findall(r'\bh\.(\w+)', py.read_text()))
-    missing = sorted(n for n in used if not hasattr(h, n))
+    missing = sorted(n for n in used if not hasattr(h, n) and not (PKG / f'{n}.py').exists())  # or a module: helpers.app
     assert not missing, f'not in helpers: {missing}'
     assert used, 'found no helpers names at all: has the notebooks folder moved?'
+
+
+def test_import_helpers_leaves_gradio_out():
+    "Only the app needs Gradio, which takes seconds to import: `import helpers` must not pay for it."
+    code = 'import sys; sys.path.insert(0, sys.argv[1]); import helpers; print("gradio" in sys.modules)'
+    r = subprocess.run([sys.executable, '-c', code, str(ROOT / 'scripts')], capture_output=True, text=True, timeout=300)
+    assert r.stdout.split()[-1] == 'False', r.stderr[-2000:]
 
 
 def test_names_live_where_a_reader_looks():

@@ -13,7 +13,8 @@
     training     models, learners, presets, one reproducible run, export, the batch-size study
     calligraphy  calligraphy DataLoaders and progressive resizing
     inference    preprocessing per kind of input (drawing, character image, photo), loading a model, top-k
-    app          the Gradio web app around inference
+    app          the Gradio web app around inference (not imported here: `import helpers.app` loads Gradio, which
+                 takes seconds that every other notebook and script would pay for nothing)
 
 Notebooks and scripts write `import helpers` and `helpers.<name>`: this file only hands the public names on,
 so `helpers.kmnist_dls` is `helpers.dataloaders.kmnist_dls`."""
@@ -38,4 +39,3 @@ from .calligraphy import SeenSizes, calligraphy_dls, calligraphy_folder, limit_p
 from .inference import (COMMANDS, InputError, NoInk, as_drawing, ink, is_kmnist_image, kmnist_input, label_text, latency,
                         load_model, model_kind, photo_input, predict, predict_files, prepare, probabilities, read_image,
                         top_k)
-from .app import build_app, launch, read_drawing, read_photo, seen_image
