@@ -31,7 +31,7 @@ def main(argv=None):
                    'too small to share out, and requests from several users then run side by side)')
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, a.threads))
-    models = {k: getattr(a, k) or h.OUT_DIR / 'models' / f'{k}.pkl' for k in ('kmnist', 'calligraphy')}
+    models = {k: getattr(a, k) or h.settings.OUT_DIR / 'models' / f'{k}.pkl' for k in ('kmnist', 'calligraphy')}
     named = {k for k in models if getattr(a, k)}
     learners = {}
     try:

@@ -70,7 +70,7 @@ def main(argv=None):
         res, learn = (h.progressive_resizing if a.dataset == 'calligraphy' else h.run_training)(cfg, a.data)
     except (FileNotFoundError, ValueError, h.DownloadError) as e:  # DataFormatError is a ValueError
         print(f'error: {e}', file=sys.stderr); return 1
-    model = h.export(learn, a.model or h.OUT_DIR / 'models' / f"{a.dataset}{'-quick' if preset == 'quick' else ''}.pkl")
+    model = h.export(learn, a.model or h.settings.OUT_DIR / 'models' / f"{a.dataset}{'-quick' if preset == 'quick' else ''}.pkl")
     h.write_json({**res, 'model': str(model)}, a.out)
     score = (f"test accuracy {res['test_accuracy']:.4f}, " if res['test_accuracy'] is not None else '') + \
             f"valid accuracy {res['valid_accuracy']:.4f}"

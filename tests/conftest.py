@@ -73,6 +73,14 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         if cut is not None: self.close_connection = True
 
 
+@pytest.fixture(autouse=True)
+def out_dir(tmp_path, monkeypatch):
+    "Whatever a test writes to results/ and models/ goes to a temporary folder, never over a learner's own model."
+    import helpers
+    monkeypatch.setattr(helpers.settings, 'OUT_DIR', tmp_path / 'out')
+    return tmp_path / 'out'
+
+
 @pytest.fixture
 def http_server():
     """`start(folder)` serves `folder` on 127.0.0.1 at a random port and returns the server (its `.url`)."""

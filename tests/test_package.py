@@ -51,6 +51,9 @@ def test_modules_are_short_and_say_what_they_hold(name):
 def test_init_only_hands_names_on():
     tree = ast.parse((PKG / '__init__.py').read_text())
     assert all(isinstance(n, ast.ImportFrom) and n.level == 1 for n in tree.body[1:])
+    names = [a.asname or a.name for n in tree.body[1:] for a in n.names]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    assert not twice, f'two modules hand on the same name, and the later one hides the other: {twice}'
 
 
 def test_every_name_used_by_notebooks_and_scripts_resolves():

@@ -37,5 +37,5 @@ from .training import (ARCHS, CALLIGRAPHY_PRESETS, PRESETS, CPUSpeedups, auto_pr
                        make_learner, pick_lr, plot_batch_size_study, run_training, speed_summary, training_speed)
 from .calligraphy import SeenSizes, calligraphy_dls, calligraphy_folder, limit_per_class, progressive_resizing
 from .inference import (COMMANDS, InputError, NoInk, as_drawing, ink, is_kmnist_image, kmnist_input, label_text, latency,
-                        load_model, model_kind, photo_input, predict, predict_files, prepare, probabilities, read_image,
+                        load_model, model_kind, photo_input, predict, predict_files, prepare_input, probabilities, read_image,
                         top_k)

@@ -158,7 +158,7 @@ def load_model(path, kind='kmnist'):
     return learn
 
 
-def prepare(learn, src):
+def prepare_input(learn, src):
     "The preprocessing for this learner's kind of input: `kmnist_input` or `photo_input`."
     return photo_input(src) if getattr(learn, 'kind', model_kind(learn)) == 'calligraphy' else kmnist_input(src)
 
@@ -186,7 +186,7 @@ def top_k(learn, probs, k=3):
 
 def predict(learn, src, k=3):
     "Preprocess one image for this learner and return `(top_k list, the prepared input)`."
-    x = prepare(learn, src)
+    x = prepare_input(learn, src)
     return top_k(learn, probabilities(learn, [x])[0], k), x
 
 
@@ -196,7 +196,7 @@ def predict_files(learn, files, k=3):
     out, good = [], []
     for f in files:
         try:
-            good.append((len(out), prepare(learn, f))); out.append({'file': str(f)})
+            good.append((len(out), prepare_input(learn, f))); out.append({'file': str(f)})
         except InputError as e:
             out.append({'file': str(f), 'error': str(e)})
     if good:
