@@ -5,18 +5,20 @@ float32, channels_last, bfloat16 autocast, both, torch.compile, and one thread i
     python scripts/benchmark_training.py --data data/kmnist [--arch kmnist_cnn] [--bs 128] [--out results/training.json]
 
 A training step is forward, loss, backward and an SGD step, on real augmented batches made beforehand (the loader
-is timed by benchmark_loaders.py, the whole fastai epoch by profile_epoch.py). The configurations take turns,
+is timed by benchmark_loaders.py, the whole fastai epoch by profile_epoch.py). The first configuration feeds the
+model fastai's typed tensors, as fastai's loop does; the others plain tensors, as `helpers.CPUSpeedups` does. The configurations take turns,
 a few steps each, several rounds, so that a neighbour's load hits them alike; the median round counts.
 torch.compile's first steps compile: their time is reported apart, with the number of images after which the
 faster steps pay it back. The load average is recorded with every run: other work on the machine slows it."""
-import argparse, os, statistics, sys, time
+import argparse, os, statistics, sys, tempfile, time
 
 import torch
 
 import helpers as h
 
-CONFIGS = {  # name: (channels_last, bfloat16, compiled, threads: None for torch's default)
-    'float32': (False, False, False, None), 'channels_last': (True, False, False, None),
+CONFIGS = {  # name: (channels_last, bfloat16, compiled, threads: None for torch's default); plain tensors but the first
+    "float32, fastai's tensor types": (False, False, False, None), 'float32': (False, False, False, None),
+    'channels_last': (True, False, False, None),
     'bfloat16': (False, True, False, None), 'channels_last + bfloat16': (True, True, False, None),
     'channels_last, compiled': (True, False, True, None), 'channels_last, 1 thread': (True, False, False, 1),
 }
@@ -27,16 +29,17 @@ def load(): return ' '.join(open('/proc/loadavg').read().split()[:3]) if os.path
 
 class Runner:
     "One configuration: its own copy of the model and optimizer, and a step that trains on a batch."
-    def __init__(self, model_fn, cl, bf16, compiled, threads, loss_func):
+    def __init__(self, model_fn, cl, bf16, compiled, threads, loss_func, typed=False):
         self.model = model_fn().train()
         if cl: self.model = self.model.to(memory_format=torch.channels_last)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9)
         self.fwd = torch.compile(self.model) if compiled else self.model
         self.cl, self.bf16, self.compiled, self.threads, self.loss_func = cl, bf16, compiled, threads, loss_func
+        self.typed = typed  # fastai's TensorImageBW into the model, as fastai's loop does without CPUSpeedups
 
     def step(self, xb, yb):
-        if self.compiled: xb, yb = xb.as_subclass(torch.Tensor), yb.as_subclass(torch.Tensor)  # dynamo fails on fastai's
-        if self.cl: xb = xb.contiguous(memory_format=torch.channels_last)                     # tensor subclasses
+        if not self.typed: xb = xb.as_subclass(torch.Tensor)  # as CPUSpeedups does (and torch.compile needs)
+        if self.cl: xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.autocast('cpu', dtype=torch.bfloat16, enabled=self.bf16):
             loss = self.loss_func(self.fwd(xb).float(), yb)
         loss.backward(); self.opt.step(); self.opt.zero_grad()
@@ -67,6 +70,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     if h.on_gpu(): print('This benchmark is for the CPU; on a GPU, see scripts/benchmark_loaders.py --arch.'); return 1
     if a.threads: torch.set_num_threads(a.threads)
+    cache = tempfile.TemporaryDirectory()  # removed at exit
+    os.environ['TORCHINDUCTOR_CACHE_DIR'] = cache.name  # time a first compilation, not a hit in an earlier run's cache
     try:
         (x, y), _, classes = h.load_arrays(a.data)
     except (FileNotFoundError, h.DataFormatError) as e:
@@ -84,7 +89,7 @@ def main(argv=None):
     for name, (cl, bf, comp, threads) in CONFIGS.items():
         if name in a.skip: continue
         torch.manual_seed(0)
-        r = runners[name] = Runner(model_fn, cl, bf, comp, threads, dls.loss_func)
+        r = runners[name] = Runner(model_fn, cl, bf, comp, threads, dls.loss_func, typed='tensor types' in name)
         t = r.run(batches[:2])  # warm-up; for torch.compile this is the compilation (forward and backward)
         if comp:
             res['compile_seconds'] = round(t, 1)
@@ -93,12 +98,12 @@ def main(argv=None):
     for _ in range(a.rounds):
         for n, r in runners.items(): times[n].append(r.run(batches))
     imgs = a.steps * a.bs
-    base = statistics.median(times['float32']) if 'float32' in times else None
+    first = next(iter(times), None)
+    base = statistics.median(times[first]) if first else None
     for n, ts in times.items():
         ips = imgs / statistics.median(ts)
         res['images_per_second'][n] = round(ips)
-        rel = f'  {imgs / ips / base:.2f}x the time of float32' if base else ''
-        print(f'{n:28s} {ips:8,.0f} images/s{rel}', flush=True)
+        print(f'{n:32s} {ips:8,.0f} images/s  {base / (imgs / ips):.2f}x the speed of {first}', flush=True)
     comp = 'channels_last, compiled'
     if res['compile_seconds'] and comp in times and 'channels_last' in times:
         saved = statistics.median(times['channels_last']) - statistics.median(times[comp])

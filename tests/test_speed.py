@@ -151,3 +151,18 @@ def test_export_leaves_the_speedups_behind(monkeypatch, tiny_dls, tmp_path):
     assert not any(isinstance(c, h.CPUSpeedups) for c in loaded.cbs)
     x = synthetic_kmnist(96, 10)[1][0][0]
     assert loaded.predict(x)[2].dtype == torch.float32
+
+
+def test_the_cpu_preset_smooths_labels_and_leaves_out_the_warp(monkeypatch, tmp_path):
+    "What the cpu preset chose for its accuracy and its speed reaches the learner and the loaders; the article's not."
+    from fastai.vision.all import LabelSmoothingCrossEntropyFlat
+    from conftest import write_kmnist
+    monkeypatch.setattr(h.training, 'cpu_settings', lambda learn: dict(channels_last=False, bf16=False))
+    write_kmnist(tmp_path / 'kmnist', n_train=200, n_test=50)
+    for preset, smooth, warp in (('cpu', True, False), ('article', False, True)):
+        cfg = h.make_config('kmnist', preset, wandb='off', arch='kmnist_cnn', pretrained=False, bs=16)
+        *_, dls = h.load_for(cfg, tmp_path / 'kmnist')
+        learn = h.learner_for(cfg, dls)
+        assert isinstance(learn.loss_func, LabelSmoothingCrossEntropyFlat) is smooth, preset
+        tfms = [type(t).__name__ for t in dls.train.after_batch.fs]
+        assert ('Warp' in tfms) is warp and ('Rotate' in tfms or 'Warp' in tfms), (preset, tfms)  # rotation stays

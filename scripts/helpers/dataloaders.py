@@ -27,9 +27,10 @@ def item_label(o): return o[1]
 # into the image array takes the whole array into export.pkl), and loading the export needs that notebook.
 
 
-def char_augment(size=None):
-    "Augmentations that suit characters: small rotations, zoom with a random centre (so small shifts), warp; no flips."
-    return aug_transforms(size=size, do_flip=False, max_rotate=10., max_zoom=1.1, max_lighting=0., max_warp=0.1,
+def char_augment(size=None, max_warp=0.1):
+    """Augmentations that suit characters: small rotations, zoom with a random centre (so small shifts), warp; no flips.
+    `max_warp=0` leaves out the warp, the costliest part on a CPU (the `cpu` preset does: see training.PRESETS)."""
+    return aug_transforms(size=size, do_flip=False, max_rotate=10., max_zoom=1.1, max_lighting=0., max_warp=max_warp,
                           pad_mode='zeros')
 
 
@@ -110,19 +111,22 @@ class ArrayDL(TfmdDL):
         return super().new(dataset, cls, **kwargs)
 
 
-def kmnist_dls(train, classes, way='tensor', valid_pct=0.1, seed=42, bs=128, device=None, augment=True, size=None):
+def kmnist_dls(train, classes, way='tensor', valid_pct=0.1, seed=42, bs=128, device=None, augment=True, size=None,
+               max_warp=0.1):
     """fastai `DataLoaders` from `(x, y)` NumPy arrays: a seeded validation split taken from the training set,
     normalisation with the training set's statistics, augmentation for characters (train only).
 
     `way='tensor'` slices batches straight from tensors (fast; for training). `way='datablock'` is the textbook
     DataBlock with one PIL image per item (about 1,500 images/s per core: fine to look at, too slow to feed a GPU).
-    `size` resizes batches (on the GPU) as part of the augmentation, so it needs `augment=True`.
+    `size` resizes batches (on the GPU) as part of the augmentation, so it needs `augment=True`; `max_warp` goes to
+    `char_augment`.
     The official test set is never part of these: make it with `test_dl(dls, test)` for the final score."""
     if size and not augment: raise ValueError('size is applied by the augmentation: use augment=True with it')
     x, y = train
     t_idx, v_idx = split_indices(len(x), valid_pct, seed)
     mean, std = image_stats(x[t_idx])
-    after = [IntToFloatTensor(), *(char_augment(size) if augment else []), Normalize.from_stats(mean, std, cuda=False)]
+    augs = char_augment(size, max_warp) if augment else []
+    after = [IntToFloatTensor(), *augs, Normalize.from_stats(mean, std, cuda=False)]
     device = device or default_device()
     if way == 'tensor':
         mk = lambda idx, train: ArrayDL(ArrayDataset(x[idx], y[idx], list(classes), split_idx=0 if train else 1),
