@@ -29,7 +29,7 @@ import helpers as h
 import nbsync
 
 MAX_BYTES = 3_000_000
-ABSOLUTE_PATH = re.compile(r'(?<![\w:/.])/(?:[\w.+-]+/){2,}[\w.+-]*')  # /home/you/data/x, not a URL nor ../data/x
+ABSOLUTE_PATH = re.compile(r'(?<![\w:/.~])/(?:[\w.+-]+/){2,}[\w.+-]*')  # /home/you/data/x; not a URL, ../data/x nor ~/.cache/x
 WANDB_RUN = re.compile(r'\b((?:offline-)?run-)\d{8}_\d{6}-[0-9a-z]+\b')
 NO_PICTURES = '05'  # notebooks whose name starts so are committed without images
 PICTURE_NOTE = ('(This picture is not kept in the committed notebook: the calligraphy images\' rights are unclear. '
