@@ -5,11 +5,14 @@
     python scripts/train.py --dataset kmnist --preset cpu --wandb off        # a laptop without a GPU, <= 10 minutes
     python scripts/train.py --dataset kmnist                                  # auto: article on a GPU, cpu without
     python scripts/train.py --dataset kmnist --preset quick                   # seconds: does everything work?
+    python scripts/train.py --dataset kmnist --preset best-cpu                # notebook 07's recipe, <= 20 min on 2 cores
+    python scripts/train.py --dataset kmnist --preset best --quick            # any preset's recipe, in seconds
     python scripts/train.py --dataset calligraphy --data DIR --out results/calligraphy.json   # progressive resizing
     python scripts/train.py --dataset kmnist --model models/kmnist.pkl && python scripts/app.py --kmnist models/kmnist.pkl
 
-KMNIST presets: article (ResNet34, bs 128, 10 epochs, one-cycle, fp16 on a GPU), cpu, quick; the default, auto,
-is article on a GPU and cpu without one (a ResNet34 takes hours on a CPU).
+KMNIST presets: article (ResNet34, bs 128, 10 epochs, one-cycle, fp16 on a GPU), cpu, quick; best-cpu and best
+(notebook 07: augmentation for brush strokes, mixup, label smoothing, test-time augmentation; best is a ResNet34
+for a GPU, 20 epochs); the default, auto, is article on a GPU and cpu without one (a ResNet34 takes hours on a CPU).
 Calligraphy presets: article (ResNet34, 128 px then 256 px, frozen then unfrozen), cpu, quick; --size S trains at
 S then 2S pixels and --epochs sets the unfrozen epochs of each stage. Any setting can be overridden."""
 import argparse, sys
@@ -43,6 +46,8 @@ def main(argv=None):
     p.add_argument('--size', type=int, help='KMNIST: resize the 28-pixel images to this size (on the GPU); '
                                             'calligraphy: train at SIZE, then at 2*SIZE pixels')
     p.add_argument('--seed', type=int)
+    p.add_argument('--quick', action='store_true', help="KMNIST: the preset's recipe on 2,000 images for one epoch "
+                                                        '(seconds): does everything work?')
     p.add_argument('--wandb', choices=['off', 'offline', 'online'], help='W&B logging (default offline)')
     p.add_argument('--pretrained', action=argparse.BooleanOptionalAction, help='ImageNet weights (ResNets only)')
     p.add_argument('--n-per-class', type=int, help='calligraphy: train on at most this many images of each style '
@@ -53,14 +58,19 @@ def main(argv=None):
     if a.n_per_class is not None and a.dataset != 'calligraphy':
         p.error('--n-per-class is for --dataset calligraphy')
     preset = h.auto_preset() if a.preset == 'auto' else a.preset
+    if a.dataset == 'calligraphy' and preset not in h.CALLIGRAPHY_PRESETS:
+        p.error(f"calligraphy presets are {', '.join(h.CALLIGRAPHY_PRESETS)}; {preset} is for KMNIST")
+    if a.quick and a.dataset == 'calligraphy': p.error('--quick is for KMNIST; for calligraphy use --preset quick')
     common = dict(arch=a.arch, bs=a.bs, lr=a.lr, seed=a.seed, wandb=a.wandb, pretrained=a.pretrained)
     if a.dataset == 'calligraphy':
         cfg = h.make_config(a.dataset, preset, unfrozen=a.epochs, sizes=(a.size, 2 * a.size) if a.size else None,
                             n_per_class=a.n_per_class, **common)
         what = f"sizes {cfg['sizes']}, {cfg['frozen']}+{cfg['unfrozen']} epochs per stage"
     else:
-        cfg = h.make_config(a.dataset, preset, epochs=a.epochs, size=a.size, **common)
-        what = f"{cfg['epochs']} epochs"
+        cfg = h.make_config(a.dataset, preset, quick=a.quick, epochs=a.epochs, size=a.size, **common)
+        extras = [('brush augmentation', cfg.get('augment') == 'brush'), (cfg.get('mix'), cfg.get('mix')),
+                  ('label smoothing', cfg.get('label_smoothing')), ('test-time augmentation', cfg.get('tta'))]
+        what = ', '.join([f"{cfg['epochs']} epochs"] + [name for name, on in extras if on])
     if cfg['arch'] == 'kmnist_cnn' and a.pretrained:
         p.error('kmnist_cnn has no pretrained weights; --pretrained needs a ResNet (--arch resnet34)')
     chosen = f"preset {preset}" + (' (auto: ' + ('a GPU' if h.on_gpu() else 'no GPU') + ')' if a.preset == 'auto' else '')
@@ -70,10 +80,12 @@ def main(argv=None):
         res, learn = (h.progressive_resizing if a.dataset == 'calligraphy' else h.run_training)(cfg, a.data)
     except (FileNotFoundError, ValueError, h.DownloadError) as e:  # DataFormatError is a ValueError
         print(f'error: {e}', file=sys.stderr); return 1
-    model = h.export(learn, a.model or h.settings.OUT_DIR / 'models' / f"{a.dataset}{'-quick' if preset == 'quick' else ''}.pkl")
+    quick = preset == 'quick' or a.quick
+    model = h.export(learn, a.model or h.settings.OUT_DIR / 'models' / f"{a.dataset}{'-quick' if quick else ''}.pkl")
     h.write_json({**res, 'model': str(model)}, a.out)
     score = (f"test accuracy {res['test_accuracy']:.4f}, " if res['test_accuracy'] is not None else '') + \
-            f"valid accuracy {res['valid_accuracy']:.4f}"
+            f"valid accuracy {res['valid_accuracy']:.4f}" + \
+            (f" with test-time augmentation (without: test {res['without_tta']['test']:.4f})" if res.get('tta') else '')
     print(f"{score}, {res['seconds']:.0f} s of training, {res['images_per_second']:,.0f} images/s. Results: {a.out}\n"
           f"Model: {model} (try it: python scripts/app.py --{'calligraphy' if a.dataset == 'calligraphy' else 'kmnist'} {model})")
     return 0

@@ -153,3 +153,29 @@ def test_06_put_it_to_work(nb_env, tmp_path):
     shown = ''.join(o.get('data', {}).get('text/html', '') for o in cell(nb, 'app').outputs)
     assert 'http://127.0.0.1:' in shown + text(nb, 'app'), 'the app is shown inline from this computer'
     assert text(nb, 'close').strip().endswith('app closed')
+
+
+def test_07_beyond_the_article(nb_env):
+    _have_kmnist(nb_env)
+    nb = run(NOTEBOOKS / '07_beyond_the_article.ipynb', nb_env)
+    assert '1 epochs per recipe' in text(nb, 'settings')
+    valid, test = map(float, re.search(r'validation ([\d.]+)%, test ([\d.]+)%', text(nb, 'gap')).groups())
+    assert 0 <= test <= 100 and 0 <= valid <= 100
+    auc = float(re.search(r'ROC AUC of telling training images from test images: ([\d.]+)', text(nb, 'likeness')).group(1))
+    assert 0 <= auc <= 1
+    assert re.search(r'validation [\d.]+% on test-like images', text(nb, 'test-like'))
+    for tag in ('hard', 'likeness', 'brush-show'):
+        assert len(images(nb, tag)) == 1, tag
+    for tag in ('brush', 'mixup', 'smoothing', 'longer'):  # each idea judged on validation, and nothing else
+        out = text(nb, tag)
+        assert re.search(r'validation [\d.]+% against [\d.]+% so far: (keep it|leave it out)', out), (tag, out)
+        assert 'test' not in out.replace('test-like', ''), (tag, out)
+    assert re.search(r'validation [\d.]+% plain, [\d.]+% with TTA: (use it|leave it out)', text(nb, 'tta'))
+    assert re.search(r'ensemble of .+: validation [\d.]+%', text(nb, 'ensemble'))
+    assert re.search(r'the chosen recipe: .+', text(nb, 'final'))
+    html = ''.join(o.get('data', {}).get('text/html', '') for o in cell(nb, 'table').outputs)
+    for name in ('baseline: notebook 04', '+ brush augmentation', '+ mixup', '+ label smoothing', 'recipe, 3 epochs',
+                 'chosen recipe, random slice', '+ TTA', 'ensemble of 3'):
+        assert name in html, name
+    assert html.count('%</td>') == 18, html  # 7 models, TTA and the ensemble: validation and test each
+    assert html.count('>random slice</td>') == 2  # the baseline and the final model; the rest on test-like images

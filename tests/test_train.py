@@ -130,9 +130,9 @@ def test_train_overrides_and_wandb_off(kmnist_data, tmp_path):
 
 def test_train_auto_preset_follows_the_hardware(kmnist_data, tmp_path, monkeypatch, capsys):
     import train
-    monkeypatch.setattr(h.training, 'on_gpu', lambda: True)
+    monkeypatch.setattr(h.presets, 'on_gpu', lambda: True)
     assert h.auto_preset() == 'article'
-    monkeypatch.setattr(h.training, 'on_gpu', lambda: False)
+    monkeypatch.setattr(h.presets, 'on_gpu', lambda: False)
     out = tmp_path / 'a.json'
     assert train.main(['--data', str(kmnist_data), '--out', str(out), '--epochs', '1', '--wandb', 'off']) == 0
     assert 'preset cpu (auto: no GPU)' in capsys.readouterr().out  # never hours of ResNet34 on a CPU by default

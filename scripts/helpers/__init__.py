@@ -10,7 +10,10 @@
     plots        examples per class, class balance, the downloaded files
     lr           lr_find with the article's rule, a rate kept between notebooks
     tracking     Weights & Biases, offline by default
-    training     models, learners, presets, one reproducible run, export, the batch-size study
+    presets      each recipe's settings by name, and one run's config
+    recipes      beyond the article: augmentation for brush strokes, mixup, scoring with TTA and ensembles
+    training     models, learners, one reproducible run of a preset, export, the batch-size study
+    validation   a validation set that looks like the test set (adversarial validation)
     calligraphy  calligraphy DataLoaders and progressive resizing
     inference    preprocessing per kind of input (drawing, character image, photo), loading a model, top-k
     app          the Gradio web app around inference (not imported here: `import helpers.app` loads Gradio, which
@@ -32,9 +35,13 @@ from .dataloaders import (ArrayDataset, ArrayDL, benchmark_loader, char_augment,
 from .plots import class_counts, file_table, japanese_font, label_name, plot_class_balance, show_examples
 from .lr import RawLossRecorder, article_rule, find_lr, load_lr, plot_lr_find, save_lr, smooth
 from .tracking import finish_wandb, start_wandb, wandb_logged_in
-from .training import (ARCHS, CALLIGRAPHY_PRESETS, PRESETS, CPUSpeedups, auto_preset, batch_size_study, cpu_settings,
-                       export, history, kmnist_cnn, learner_for, load_for, loss_clearly_falling, make_config,
-                       make_learner, pick_lr, plot_batch_size_study, run_training, speed_summary, training_speed)
+from .presets import CALLIGRAPHY_PRESETS, PRESETS, auto_preset, make_config
+from .recipes import (ElasticWarp, EraseStrokes, brush_augment, get_probs, hard_cases, mixing_callback, plot_hard_cases,
+                      score, scores)
+from .training import (ARCHS, CPUSpeedups, batch_size_study, cpu_settings, export, history, kmnist_cnn, kmnist_cnn_wide,
+                       learner_for, load_for, loss_clearly_falling, make_learner, pick_lr, plot_batch_size_study,
+                       run_training, speed_summary, training_speed)
+from .validation import test_like_split, test_likeness
 from .calligraphy import SeenSizes, calligraphy_dls, calligraphy_folder, limit_per_class, progressive_resizing
 from .inference import (COMMANDS, InputError, NoInk, as_drawing, ink, is_kmnist_image, kmnist_input, label_text, latency,
                         load_model, model_kind, photo_input, predict, predict_files, prepare_input, probabilities, read_image,

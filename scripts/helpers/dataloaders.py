@@ -6,6 +6,7 @@ one tensor. The tensor way is ours because it is measurably faster: 55x the Data
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ def item_label(o): return o[1]
 
 def char_augment(size=None, max_warp=0.1):
     """Augmentations that suit characters: small rotations, zoom with a random centre (so small shifts), warp; no flips.
-    `max_warp=0` leaves out the warp, the costliest part on a CPU (the `cpu` preset does: see training.PRESETS)."""
+    `max_warp=0` leaves out the warp, the costliest part on a CPU (the `cpu` preset does: see presets.PRESETS)."""
     return aug_transforms(size=size, do_flip=False, max_rotate=10., max_zoom=1.1, max_lighting=0., max_warp=max_warp,
                           pad_mode='zeros')
 
@@ -59,6 +60,13 @@ class ArrayDataset:
 
     @property
     def n_inp(self): return 1
+
+    @contextmanager
+    def set_split_idx(self, i):
+        "Use the transforms of split `i` for a while (0: training, with augmentation), as fastai's `Datasets` does: `tta` needs it."
+        old, self.split_idx = self.split_idx, i
+        try: yield self
+        finally: self.split_idx = old
 
     @property
     def items(self):
@@ -112,20 +120,22 @@ class ArrayDL(TfmdDL):
 
 
 def kmnist_dls(train, classes, way='tensor', valid_pct=0.1, seed=42, bs=128, device=None, augment=True, size=None,
-               max_warp=0.1):
+               max_warp=0.1, valid_idx=None):
     """fastai `DataLoaders` from `(x, y)` NumPy arrays: a seeded validation split taken from the training set,
     normalisation with the training set's statistics, augmentation for characters (train only).
 
     `way='tensor'` slices batches straight from tensors (fast; for training). `way='datablock'` is the textbook
     DataBlock with one PIL image per item (about 1,500 images/s per core: fine to look at, too slow to feed a GPU).
     `size` resizes batches (on the GPU) as part of the augmentation, so it needs `augment=True`; `max_warp` goes to
-    `char_augment`.
+    `char_augment`. `augment` may also be a list of batch transforms to use instead (`recipes.brush_augment()`). `valid_idx`
+    chooses the validation images instead of a random `valid_pct` (`validation.test_like_split`).
     The official test set is never part of these: make it with `test_dl(dls, test)` for the final score."""
     if size and not augment: raise ValueError('size is applied by the augmentation: use augment=True with it')
     x, y = train
     t_idx, v_idx = split_indices(len(x), valid_pct, seed)
+    if valid_idx is not None: v_idx = np.sort(valid_idx); t_idx = np.setdiff1d(np.arange(len(x)), v_idx)
     mean, std = image_stats(x[t_idx])
-    augs = char_augment(size, max_warp) if augment else []
+    augs = (list(augment) if isinstance(augment, (list, tuple)) else char_augment(size, max_warp)) if augment else []
     after = [IntToFloatTensor(), *augs, Normalize.from_stats(mean, std, cuda=False)]
     device = device or default_device()
     if way == 'tensor':

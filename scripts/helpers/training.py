@@ -1,6 +1,6 @@
-"""Training: models, learners, CPU speed-ups, presets, one reproducible run, export, the batch-size study.
+"""Training: models, learners, CPU speed-ups, one reproducible run of a preset, export, the batch-size study.
 
-Uses: settings, arrays, dataloaders, lr, tracking."""
+Uses: settings, arrays, dataloaders, lr, tracking, recipes."""
 from __future__ import annotations
 
 import copy, os, random, sys, time
@@ -16,6 +16,7 @@ from torch import nn
 from .arrays import load_arrays, subsample
 from .dataloaders import kmnist_dls, test_dl
 from .lr import RawLossRecorder, find_lr, smooth
+from .recipes import brush_augment, mixing_callback, scores
 from .settings import cpu_has_bf16, device_name, on_gpu, set_seed, use_fp16, versions
 from .tracking import finish_wandb, start_wandb
 
@@ -30,15 +31,20 @@ def kmnist_cnn(n_out=10, widths=(16, 32, 64)):
         c_in = w
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), Flatten(), nn.Dropout(0.1), nn.Linear(c_in, n_out))
 
-ARCHS = {'resnet18': resnet18, 'resnet34': resnet34, 'resnet50': resnet50, 'kmnist_cnn': kmnist_cnn}
+def kmnist_cnn_wide(n_out=10):
+    "`kmnist_cnn` at twice the width: 482k parameters, a third of the speed on a CPU (the `best-cpu` preset's)."
+    return kmnist_cnn(n_out, widths=(32, 64, 128))
+
+ARCHS = {'resnet18': resnet18, 'resnet34': resnet34, 'resnet50': resnet50, 'kmnist_cnn': kmnist_cnn,
+         'kmnist_cnn_wide': kmnist_cnn_wide}
 
 
 def make_learner(dls, arch='resnet34', pretrained=True, n_in=1, metrics=(accuracy, error_rate), cbs=None, **kwargs):
     """`vision_learner` for the torchvision ResNets (`n_in=1`: fastai sums the pretrained first layer over RGB), a plain
     `Learner` for `kmnist_cnn`. Offline, where ImageNet weights cannot be downloaded, it says so and uses random weights.
     `learn.weights` says which it got ('imagenet' or 'random'), and so does the W&B run, if one is on."""
-    if arch == 'kmnist_cnn':
-        learn, pretrained = Learner(dls, kmnist_cnn(get_c(dls)), metrics=list(metrics), cbs=cbs, **kwargs), False
+    if arch.startswith('kmnist_cnn'):
+        learn, pretrained = Learner(dls, ARCHS[arch](get_c(dls)), metrics=list(metrics), cbs=cbs, **kwargs), False
     else:
         try:
             learn = vision_learner(dls, ARCHS[arch], n_in=n_in, pretrained=pretrained, metrics=list(metrics), cbs=cbs, **kwargs)
@@ -118,10 +124,12 @@ def cpu_settings(learn, margin=0.9):
 
 
 def learner_for(cfg, dls, cbs=(), n_in=1):
-    """The config's learner: architecture, pretrained or not, label smoothing if the preset says so; mixed precision on
-    an NVIDIA GPU if the preset says so; on a CPU, the `CPUSpeedups` that `cpu_settings` measured to pay here (unless
-    `cfg['speedups']` is False). An Apple GPU (MPS) is left as fastai sets it up."""
-    learn = make_learner(dls, cfg['arch'], pretrained=cfg['pretrained'], n_in=n_in, cbs=[c for c in cbs if c] or None,
+    """The config's learner: architecture, pretrained or not; label smoothing, and fastai's `MixUp` or `CutMix`, if the
+    preset says so; mixed precision on an NVIDIA GPU if the preset says so; on a CPU, the `CPUSpeedups` that
+    `cpu_settings` measured to pay here (unless `cfg['speedups']` is False). An Apple GPU (MPS) is left as fastai
+    sets it up."""
+    cbs = [c for c in [*cbs, mixing_callback(cfg.get('mix'))] if c]
+    learn = make_learner(dls, cfg['arch'], pretrained=cfg['pretrained'], n_in=n_in, cbs=cbs or None,
                          loss_func=LabelSmoothingCrossEntropyFlat() if cfg.get('label_smoothing') else None)
     if cfg['fp16'] and use_fp16(): learn.to_fp16()
     elif not on_gpu() and cfg.get('speedups', True): learn.add_cb(CPUSpeedups(**cpu_settings(learn)))
@@ -159,57 +167,15 @@ def loss_clearly_falling(losses, ratio=0.7):
     k = max(1, len(l) // 10)
     return l[-k:].mean() <= ratio * l[:k].mean()
 
-PRESETS = {
-    # The article: ResNet34, batch size 128, 10 epochs, one-cycle; mixed precision on a GPU.
-    'article': dict(arch='resnet34', bs=128, epochs=10, lr='auto', size=None, pretrained=True, fp16=True, n_train=None,
-                    label_smoothing=False, max_warp=0.1),
-    # A laptop without a GPU: a small fastai-built CNN, sized for notebook 04 in 5 minutes on 2 cores. Label
-    # smoothing took its test accuracy from 97.8% to 98.0%; leaving out the warp saved 7% of each epoch and cost
-    # no accuracy (98.2%): single runs on the real KMNIST, README "Training speed on a CPU".
-    'cpu': dict(arch='kmnist_cnn', bs=128, epochs=6, lr=1e-2, size=None, pretrained=False, fp16=False, n_train=None,
-                label_smoothing=True, max_warp=0.),
-    # Tests: the cpu preset, tiny, under a minute.
-    'quick': dict(arch='kmnist_cnn', bs=32, epochs=3, lr=1e-2, size=None, pretrained=False, fp16=False,
-                  n_train=2000, n_test=500, label_smoothing=True, max_warp=0.),
-}
-
-CALLIGRAPHY_PRESETS = {
-    # The article's recipe (with a ResNet34; it used a ResNet50): 128 px, then 256 px, frozen then unfrozen each.
-    'article': dict(arch='resnet34', sizes=(128, 256), bs=32, frozen=3, unfrozen=4, lr='auto', pretrained=True,
-                    fp16=True, n_per_class=None),
-    # A laptop: a ResNet18 at half the sizes.
-    'cpu': dict(arch='resnet18', sizes=(64, 128), bs=32, frozen=1, unfrozen=2, lr='auto', pretrained=True,
-                fp16=False, n_per_class=None),
-    # Tests: the real sizes, tiny data, one epoch per phase, fixed rates (no lr_find).
-    'quick': dict(arch='resnet18', sizes=(128, 256), bs=8, frozen=1, unfrozen=1, lr=1e-3, pretrained=False,
-                  fp16=False, n_per_class=12),
-}
-
-
-def auto_preset():
-    "The preset the notebooks choose: the article's on a GPU, the `cpu` one without."
-    return 'article' if on_gpu() else 'cpu'
-
-
-def make_config(dataset='kmnist', preset='article', **overrides):
-    "A preset's settings with `overrides` (those that are not None) on top, plus the dataset and seed."
-    presets = CALLIGRAPHY_PRESETS if dataset == 'calligraphy' else PRESETS
-    if preset not in presets: raise ValueError(f"preset must be one of {', '.join(presets)}, not {preset!r}")
-    cfg = dict(dataset=dataset, preset=preset, seed=42, valid_pct=0.2 if dataset == 'calligraphy' else 0.1,
-               wandb='offline', n_test=None)
-    cfg.update(presets[preset])
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
-    return cfg
-
-
 def load_for(cfg, data=None):
     "A config's data: `(train, test, classes, dls)`, subsampled as the preset says, seeded."
     set_seed(cfg['seed'])
     (x, y), test, classes = load_arrays(data, dataset=cfg['dataset'])
     if cfg.get('n_train'): x, y = subsample(x, y, cfg['n_train'], cfg['seed'])
     if cfg.get('n_test'): test = subsample(*test, cfg['n_test'], cfg['seed'])
+    augment = brush_augment(cfg['size']) if cfg.get('augment') == 'brush' else True
     dls = kmnist_dls((x, y), classes, valid_pct=cfg['valid_pct'], seed=cfg['seed'], bs=cfg['bs'], size=cfg['size'],
-                     max_warp=cfg.get('max_warp', 0.1))
+                     max_warp=cfg.get('max_warp', 0.1), augment=augment)
     return (x, y), test, classes, dls
 
 
@@ -219,12 +185,13 @@ def history(learn):
     return [{'epoch': i, **{n: float(v) for n, v in zip(names, vals)}} for i, vals in enumerate(learn.recorder.values)]
 
 
-def run_training(cfg, data=None, log=print):
-    """Train once from a config (see `make_config`) and return the results: test and validation accuracy,
-    per-epoch history, wall time, images/s, device, library versions and the config. What `scripts/train.py` runs."""
+def run_training(cfg, data=None, log=print, cbs=()):
+    """Train once from a config (see `make_config`) and return the results: test and validation accuracy (with
+    test-time augmentation if the preset says so, and without), per-epoch history, wall time, images/s, device,
+    library versions and the config. What `scripts/train.py` runs. `cbs`: more callbacks for the learner."""
     (x, y), test, classes, dls = load_for(cfg, data)
     cb = start_wandb(cfg['wandb'], config=cfg, name=f"{cfg['dataset']}-{cfg['preset']}-{cfg['arch']}-bs{cfg['bs']}")
-    learn = learner_for(cfg, dls, [cb])
+    learn = learner_for(cfg, dls, [cb, *cbs])
     lr = pick_lr(cfg, learn)
     log(f'learning rate {lr:.2e}' + (" (lr_find with the article's rule)" if cfg['lr'] == 'auto' else ''))
     t0 = time.time()
@@ -235,7 +202,10 @@ def run_training(cfg, data=None, log=print):
     _, valid_acc, _ = learn.validate()
     _, test_acc, _ = learn.validate(dl=test_dl(dls, test))
     finish_wandb(learn)
-    return dict(test_accuracy=float(test_acc), valid_accuracy=float(valid_acc), history=hist,
+    plain = dict(valid=float(valid_acc), test=float(test_acc))
+    final = scores(learn, test, tta=True) if cfg.get('tta') else plain  # fastai's learn.tta, where the preset says so
+    return dict(test_accuracy=final['test'], valid_accuracy=final['valid'], tta=bool(cfg.get('tta')),
+                without_tta=plain, history=hist,
                 seconds=round(seconds, 1), images_per_second=round(n_seen / seconds, 1), device=device_name(),
                 computes=speed_summary(learn), torch_threads=torch.get_num_threads(),
                 cpu_cores=os.cpu_count(), versions=versions(), lr=float(lr), weights=learn.weights,

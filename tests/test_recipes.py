@@ -1,0 +1,189 @@
+"""Notebook 07's recipe: the augmentations for brush strokes, scoring with TTA and ensembles, and the best-cpu and
+best presets, whose mixup, label smoothing and test-time augmentation are checked to be on, not just named."""
+import json, subprocess, sys
+
+import pytest
+import torch
+from fastai.vision.all import Callback, Learner, MixUp, TensorImage, Transform
+
+import helpers as h
+from conftest import ROOT, synthetic_kmnist, write_kmnist
+
+CHARS = list('おきすつなはまやれを')
+
+
+def batch_of_one_image(n=16):
+    (x, _), _ = synthetic_kmnist(1, 1)
+    return TensorImage(torch.as_tensor(x[0]).float().div(255).expand(n, 1, 28, 28).clone())
+
+
+def test_elastic_warp_bends_each_image_its_own_way():
+    xb = batch_of_one_image()
+    out = h.ElasticWarp(p=1., pixels=2.)(xb, split_idx=0)
+    assert out.shape == xb.shape and isinstance(out, TensorImage)
+    assert not torch.allclose(out[0], xb[0], atol=1e-3)  # bent
+    assert not torch.allclose(out[0], out[1], atol=1e-3)  # and not like its neighbour: one field per image
+    assert out.sum() == pytest.approx(xb.sum().item(), rel=0.15)  # the ink moves, it does not vanish
+    assert torch.allclose(h.ElasticWarp(p=0.)(xb, split_idx=0), xb, atol=1e-5)  # p=0: untouched
+
+
+def test_erase_strokes_erases_one_box_per_image_to_background():
+    xb = TensorImage(torch.ones(64, 1, 28, 28))
+    out = h.EraseStrokes(p=1., max_area=0.2)(xb, split_idx=0)
+    erased = (out == 0).float().mean((1, 2, 3))
+    assert ((erased >= 0.005) & (erased <= 0.25)).all(), erased  # 2% to 20% of the image, boxes rounded to pixels
+    assert len({tuple(torch.nonzero(o[0] == 0)[0].tolist()) for o in out}) > 10  # boxes differ between images
+    assert torch.equal(h.EraseStrokes(p=0.)(xb, split_idx=0), xb)
+
+
+def test_brush_augment_runs_on_training_batches_only_and_never_flips():
+    (x, y), _ = synthetic_kmnist(256, 1)
+    dls = h.kmnist_dls((x, y), CHARS, bs=64, device='cpu', augment=h.brush_augment())
+    names = [type(t).__name__ for t in dls.train.after_batch.fs]
+    assert 'ElasticWarp' in names and 'EraseStrokes' in names and 'Flip' not in names
+    plain = h.kmnist_dls((x, y), CHARS, bs=64, device='cpu', augment=False)
+    assert torch.allclose(dls.valid.one_batch()[0], plain.valid.one_batch()[0], atol=1e-4)  # validation: none
+    tb, pb = dls.train.one_batch()[0], plain.train.one_batch()[0]
+    assert tb.shape == pb.shape and not torch.equal(tb, pb)
+
+
+def test_set_split_idx_switches_augmentation_on_and_back():
+    (x, y), _ = synthetic_kmnist(64, 1)
+    dls = h.kmnist_dls((x, y), CHARS, bs=16, device='cpu', augment=h.brush_augment())
+    dl = dls.valid.new(shuffle=False)
+    clean = dl.one_batch()[0]
+    with dl.dataset.set_split_idx(0): augmented = dl.one_batch()[0]
+    assert not torch.equal(clean, augmented) and torch.equal(dl.one_batch()[0], clean)
+    assert dl.dataset.split_idx == 1
+
+
+class Spy(Transform):
+    "Counts the images it sees in training-time (augmented) batches."
+    split_idx, order = 0, 50
+    def __init__(self): self.seen = 0
+    def encodes(self, x: TensorImage):
+        self.seen += len(x)
+        return x
+
+
+@pytest.fixture(scope='module')
+def trained():
+    (x, y), test = synthetic_kmnist(400, 100)
+    dls = h.kmnist_dls((x, y), CHARS, bs=32, device='cpu', augment=h.brush_augment() + [Spy()])
+    learns = []
+    for seed in (0, 1):
+        h.set_seed(seed)
+        learn = h.make_learner(dls, 'kmnist_cnn')
+        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(2, 1e-2)
+        learns.append(learn)
+    return learns, test
+
+
+def test_score_matches_fastais_validate_and_averages_an_ensemble(trained):
+    (a, b), test = trained
+    assert h.score(a, a.dls.valid) == pytest.approx(a.validate()[1], abs=1e-6)
+    pa, t = h.get_probs(a, a.dls.valid)
+    pb, _ = h.get_probs(b, b.dls.valid)
+    mean = ((pa + pb) / 2).argmax(1).eq(t).float().mean().item()
+    assert h.score([a, b], a.dls.valid) == pytest.approx(mean)
+    assert set(h.scores([a, b], test)) == {'valid', 'test'}
+
+
+def test_tta_uses_the_training_augmentation(trained):
+    (a, _), test = trained
+    spy = next(t for t in a.dls.valid.after_batch.fs if isinstance(t, Spy))
+    spy.seen = 0
+    h.score(a, a.dls.valid)
+    assert spy.seen == 0  # a plain pass: no augmentation
+    with_tta = h.score(a, a.dls.valid, tta=True)
+    assert spy.seen == 4 * len(a.dls.valid_ds) and 0 <= with_tta <= 1  # fastai's 4 augmented passes
+    probs = [h.get_probs(a, a.dls.valid, tta=True)[0] for _ in range(2)]
+    assert torch.equal(*probs)  # the same model scores the same each time it is asked
+    assert not torch.equal(probs[0], h.get_probs(a, a.dls.valid, tta=True, seed=1)[0])
+
+
+def test_hard_cases_are_confident_mistakes(trained):
+    (a, _), test = trained
+    idx, preds, confs = h.hard_cases(a, test, n=5)
+    assert all(p != test[1][i] for i, p in zip(idx, preds)) and confs == sorted(confs, reverse=True)
+    fig = h.plot_hard_cases(a, test, synthetic_kmnist(400, 1)[0], CHARS, n=3, k=2)
+    assert len(fig.axes) == 3 * (2 * 2 + 2)
+
+
+def test_mixing_callback():
+    assert isinstance(h.mixing_callback('mixup'), MixUp) and h.mixing_callback(None) is None
+    assert type(h.mixing_callback('cutmix')).__name__ == 'CutMix'
+    with pytest.raises(ValueError, match='mixup'): h.mixing_callback('mixmatch')
+
+
+class Probe(Callback):
+    "Records, for each training batch, whether the inputs were changed by a mixing callback and which loss ran."
+    order = -1  # before MixUp (order 0) ...
+    def __init__(self): self.mixed, self.losses = [], []
+    def before_batch(self):
+        if self.training: self.raw = self.xb[0].clone()
+    def after_loss(self):  # ... and, after the loss, what MixUp made of the batch
+        if self.training:
+            self.mixed.append(not torch.equal(self.xb[0].as_subclass(torch.Tensor), self.raw.as_subclass(torch.Tensor)))
+            lf = self.learn.loss_func
+            self.losses.append(getattr(getattr(lf, '__func__', None), '__qualname__', type(lf).__name__))
+
+
+@pytest.mark.parametrize('preset', ['best', 'best-cpu', 'cpu', 'article'])
+def test_presets_recipe_is_on_where_it_says_so(preset, tmp_path, monkeypatch):
+    "Mixup, label smoothing and TTA are seen at work in training and scoring exactly where the preset names them."
+    write_kmnist(tmp_path / 'kmnist', n_train=300, n_test=60)
+    cfg = h.make_config('kmnist', preset, quick=True, wandb='off', pretrained=False)
+    tta_calls = []
+    orig_tta = Learner.tta
+    monkeypatch.setattr(Learner, 'tta', lambda self, **kw: tta_calls.append(len(kw['dl'].dataset)) or orig_tta(self, **kw))
+    probe = Probe()
+    res, learn = h.run_training(cfg, tmp_path / 'kmnist', log=lambda s: None, cbs=[probe])
+    assert probe.mixed  # training batches were seen
+    if cfg.get('mix') == 'mixup':  # every training batch blended, and MixUp's loss at work
+        assert all(probe.mixed) and set(probe.losses) == {'MixHandler.lf'}
+    else:
+        assert not any(probe.mixed) and 'MixHandler.lf' not in probe.losses
+    confident = torch.full((len(CHARS),), -20.); confident[3] = 20.
+    loss_on_sure_answer = learn.loss_func(confident[None], torch.tensor([3])).item()
+    assert (loss_on_sure_answer > 0.05) == bool(cfg['label_smoothing'])  # smoothing: a sure right answer still costs
+    if cfg.get('tta'):  # the validation and the test set read with augmentation
+        assert res['tta'] and sorted(tta_calls) == [30, 60]
+    else:
+        assert not res['tta'] and tta_calls == [] and res['without_tta']['test'] == res['test_accuracy']
+
+
+def test_the_presets_between_them_use_every_idea():
+    "So that the test above checks each idea at work somewhere."
+    cfgs = [h.make_config('kmnist', p) for p in ('best', 'best-cpu')]
+    assert any(c['mix'] == 'mixup' for c in cfgs) and all(c['label_smoothing'] and c['tta'] for c in cfgs)
+
+
+def test_a_plain_loss_costs_nothing_for_a_sure_right_answer():
+    "The other side of the label-smoothing check above: without it, the same answer costs about nothing."
+    (x, y), _ = synthetic_kmnist(64, 1)
+    learn = h.make_learner(h.kmnist_dls((x, y), CHARS, bs=16, device='cpu'), 'kmnist_cnn')
+    confident = torch.full((len(CHARS),), -20.); confident[3] = 20.
+    assert learn.loss_func(confident[None], torch.tensor([3])).item() < 1e-6
+
+
+@pytest.mark.parametrize('preset', ['best-cpu', 'best'])
+def test_train_py_runs_the_new_presets_in_quick_form(preset, tmp_path):
+    write_kmnist(tmp_path / 'kmnist', n_train=300, n_test=60)
+    out, model = tmp_path / 'r.json', tmp_path / 'm.pkl'
+    cmd = [sys.executable, str(ROOT / 'scripts' / 'train.py'), '--preset', preset, '--quick', '--wandb', 'off',
+           '--data', str(tmp_path / 'kmnist'), '--out', str(out), '--model', str(model), '--no-pretrained']
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res['config']['preset'] == preset and res['tta'] and res['config']['label_smoothing']
+    assert res['n_test'] == 60 and res['config']['epochs'] == 1 and model.exists()
+    assert 'with test-time augmentation' in r.stdout and 'label smoothing' in r.stdout
+    assert ('mixup' in r.stdout) == (preset == 'best') == (res['config']['mix'] == 'mixup')
+
+
+def test_train_py_says_which_presets_fit_calligraphy(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / 'scripts' / 'train.py'), '--dataset', 'calligraphy',
+                        '--preset', 'best-cpu'], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and 'calligraphy presets are article, cpu, quick' in r.stderr
+    assert 'Traceback' not in r.stderr
