@@ -31,7 +31,7 @@ def test_erase_strokes_erases_one_box_per_image_to_background():
     xb = TensorImage(torch.ones(64, 1, 28, 28))
     out = h.EraseStrokes(p=1., max_area=0.2)(xb, split_idx=0)
     erased = (out == 0).float().mean((1, 2, 3))
-    assert ((erased >= 0.005) & (erased <= 0.25)).all(), erased  # 2% to 20% of the image, boxes rounded to pixels
+    assert ((erased >= 0.012) & (erased <= 0.25)).all(), erased  # 2% to 20% of the image, boxes rounded to pixels
     assert len({tuple(torch.nonzero(o[0] == 0)[0].tolist()) for o in out}) > 10  # boxes differ between images
     assert torch.equal(h.EraseStrokes(p=0.)(xb, split_idx=0), xb)
 
@@ -45,6 +45,16 @@ def test_brush_augment_runs_on_training_batches_only_and_never_flips():
     assert torch.allclose(dls.valid.one_batch()[0], plain.valid.one_batch()[0], atol=1e-4)  # validation: none
     tb, pb = dls.train.one_batch()[0], plain.train.one_batch()[0]
     assert tb.shape == pb.shape and not torch.equal(tb, pb)
+
+
+def test_a_config_asking_for_brush_augmentation_gets_it(tmp_path):
+    "No preset uses it (notebook 07 left it out), but a config can: `make_config(..., augment='brush')`."
+    write_kmnist(tmp_path / 'kmnist', n_train=100, n_test=20)
+    for augment, has in (('brush', True), ('char', False)):
+        cfg = h.make_config('kmnist', 'cpu', quick=True, augment=augment)
+        *_, dls = h.load_for(cfg, tmp_path / 'kmnist')
+        names = [type(t).__name__ for t in dls.train.after_batch.fs]
+        assert ('ElasticWarp' in names and 'EraseStrokes' in names) == has, names
 
 
 def test_set_split_idx_switches_augmentation_on_and_back():
@@ -153,8 +163,8 @@ def test_presets_recipe_is_on_where_it_says_so(preset, tmp_path, monkeypatch):
         assert not res['tta'] and tta_calls == [] and res['without_tta']['test'] == res['test_accuracy']
 
 
-def test_the_presets_between_them_use_every_idea():
-    "So that the test above checks each idea at work somewhere."
+def test_the_presets_between_them_use_mixup_smoothing_and_tta():
+    "So that the test above checks each of them at work somewhere."
     cfgs = [h.make_config('kmnist', p) for p in ('best', 'best-cpu')]
     assert any(c['mix'] == 'mixup' for c in cfgs) and all(c['label_smoothing'] and c['tta'] for c in cfgs)
 
