@@ -132,8 +132,8 @@ def kmnist_dls(train, classes, way='tensor', valid_pct=0.1, seed=42, bs=128, dev
     The official test set is never part of these: make it with `test_dl(dls, test)` for the final score."""
     if size and not augment: raise ValueError('size is applied by the augmentation: use augment=True with it')
     x, y = train
-    t_idx, v_idx = split_indices(len(x), valid_pct, seed)
-    if valid_idx is not None: v_idx = np.sort(valid_idx); t_idx = np.setdiff1d(np.arange(len(x)), v_idx)
+    if valid_idx is None: t_idx, v_idx = split_indices(len(x), valid_pct, seed)
+    else: v_idx = np.sort(valid_idx); t_idx = np.setdiff1d(np.arange(len(x)), v_idx)
     mean, std = image_stats(x[t_idx])
     augs = (list(augment) if isinstance(augment, (list, tuple)) else char_augment(size, max_warp)) if augment else []
     after = [IntToFloatTensor(), *augs, Normalize.from_stats(mean, std, cuda=False)]
