@@ -26,12 +26,6 @@ def test_smooth_is_fastais_debiased_ewma():
     assert s[49] == pytest.approx(1.0) and 1.0 < s[60] < 5.0 and s[99] < 5.0  # it lags behind a jump
 
 
-def test_loss_clearly_falling():
-    assert h.loss_clearly_falling(np.linspace(2.3, 0.3, 100))
-    assert not h.loss_clearly_falling(np.full(100, 2.3))
-    assert not h.loss_clearly_falling([2.3] * 50 + [float('nan')] * 50)
-
-
 @pytest.fixture
 def kmnist_data(tmp_path):
     write_kmnist(tmp_path / 'kmnist', n_train=200, n_test=50)
@@ -198,3 +192,31 @@ def test_interpretation_sees_every_class(way):
     interp = ClassificationInterpretation.from_learner(learn)
     assert list(interp.vocab) == CHARS and interp.confusion_matrix().shape == (10, 10)
     assert interp.confusion_matrix().sum() == len(learn.dls.valid_ds)
+
+
+def test_compare_recipes_chooses_on_validation_only(kmnist_data, tmp_path, monkeypatch, capsys):
+    "scripts/compare_recipes.py: seeds of the preset, a variant, verdicts against the spread, and no test set read."
+    import compare_recipes
+    def no_test(*a, **k): raise AssertionError('compare_recipes must not read the test set')
+    monkeypatch.setattr(h.training, 'test_dl', no_test)
+    monkeypatch.setattr(h.recipes, 'test_dl', no_test)
+    out = tmp_path / 'c.json'
+    assert compare_recipes.main(['--data', str(kmnist_data), '--quick', '--seeds', '42', '1', '--vary', 'max_warp=0.1',
+                                 '--vary', 'label_smoothing=False', '--out', str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert [(x['variant'], x['seed']) for x in r['runs']] == [('preset', 42), ('preset', 1), ('max_warp=0.1', 42),
+                                                             ('label_smoothing=False', 42)]
+    accs = [x['valid_accuracy'] for x in r['runs'][:2]]
+    assert r['spread'] == pytest.approx(max(accs) - min(accs)) and r['mean'] == pytest.approx(sum(accs) / 2)
+    for v, run in zip(r['variants'], r['runs'][2:]):
+        d = run['valid_accuracy'] - r['mean']
+        assert v['difference'] == pytest.approx(d)
+        assert v['verdict'] == ('tie (within the spread)' if abs(d) <= r['spread'] else 'better' if d > 0 else 'worse')
+    assert 'spread (max - min)' in capsys.readouterr().out
+
+
+def test_compare_recipes_rejects_an_unknown_setting(tmp_path, capsys):
+    import compare_recipes
+    with pytest.raises(SystemExit) as e:
+        compare_recipes.main(['--vary', 'warp=0.1', '--out', str(tmp_path / 'x.json')])
+    assert e.value.code == 2 and 'unknown setting warp' in capsys.readouterr().err and not (tmp_path / 'x.json').exists()

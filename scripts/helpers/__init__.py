@@ -8,11 +8,11 @@
     arrays       npz / MNIST idx / class map into NumPy, checked
     dataloaders  NumPy arrays to fastai DataLoaders: the DataBlock way and the fast tensor way
     plots        examples per class, class balance, the downloaded files
-    lr           lr_find with the article's rule, a rate kept between notebooks
+    lr           lr_find with the article's rule, the raw and smoothed losses
     tracking     Weights & Biases, offline by default
     presets      each recipe's settings by name, and one run's config
     recipes      beyond the article: augmentation for brush strokes, mixup, scoring with TTA and ensembles
-    training     models, learners, one reproducible run of a preset, export, the batch-size study
+    training     models, learners, one reproducible run of a preset, export, the batch-size study's plot
     validation   a validation set that looks like the test set (adversarial validation)
     calligraphy  calligraphy DataLoaders and progressive resizing
     inference    preprocessing per kind of input (drawing, character image, photo), loading a model, top-k
@@ -33,14 +33,14 @@ from .arrays import DataFormatError, load_arrays, load_classmap, load_idx, load_
 from .dataloaders import (ArrayDataset, ArrayDL, benchmark_loader, char_augment, image_stats, item_image, item_label,
                           kmnist_dls, test_dl)
 from .plots import class_counts, file_table, japanese_font, label_name, plot_class_balance, show_examples
-from .lr import RawLossRecorder, article_rule, find_lr, load_lr, plot_lr_find, save_lr, smooth
+from .lr import RawLossRecorder, article_rule, find_lr, plot_lr_find, smooth
 from .tracking import finish_wandb, start_wandb, wandb_logged_in
 from .presets import CALLIGRAPHY_PRESETS, PRESETS, auto_preset, make_config
 from .recipes import (ElasticWarp, EraseStrokes, brush_augment, get_probs, hard_cases, mixing_callback, plot_hard_cases,
                       score, scores)
-from .training import (ARCHS, CPUSpeedups, batch_size_study, cpu_settings, export, history, kmnist_cnn, kmnist_cnn_wide,
-                       learner_for, load_for, loss_clearly_falling, make_learner, pick_lr, plot_batch_size_study,
-                       run_training, speed_summary, training_speed)
+from .training import (ARCHS, CPUSpeedups, cpu_settings, export, history, kmnist_cnn, kmnist_cnn_wide, learner_for,
+                       load_for, make_learner, pick_lr, plot_batch_size_study, run_training, speed_summary,
+                       training_speed)
 from .validation import test_like_split, test_likeness
 from .calligraphy import SeenSizes, calligraphy_dls, calligraphy_folder, limit_per_class, progressive_resizing
 from .inference import (COMMANDS, InputError, NoInk, as_drawing, ink, is_kmnist_image, kmnist_input, label_text, latency,

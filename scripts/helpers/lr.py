@@ -1,17 +1,12 @@
-"""The learning rate: `lr_find` with the article's rule, the raw and smoothed losses, and a rate kept between notebooks.
+"""The learning rate: `lr_find` with the article's rule, the raw and smoothed losses and a plot of both.
 
-Uses: settings."""
+Uses: no other helpers module."""
 from __future__ import annotations
-
-import json
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from fastai.vision.all import Callback, valley
-
-from . import settings
-from .settings import write_json
 
 
 def article_rule(lrs, losses, num_it=None):
@@ -48,38 +43,25 @@ def find_lr(learn, num_it=100):
     return sug.article_rule, sug.valley
 
 
-def plot_lr_find(learn, raw, lr_rule, lr_valley=None):
-    "Raw per-iteration losses, the smoothed curve fastai plots, its minimum and the chosen rate(s)."
-    lrs, sm = learn.recorder.lrs, [float(l) for l in learn.recorder.losses]
-    n = min(len(lrs), len(raw))
-    fig, ax = plt.subplots(figsize=(7.5, 4))
-    ax.plot(lrs[:n], raw[:n], '.', color='0.6', ms=4, label='raw loss of each batch')
-    ax.plot(lrs[:n], sm[:n], lw=2, label='smoothed (what lr_find plots)')
-    i = int(np.argmin(np.abs(np.log(lrs) - np.log(lr_rule * 10))))  # the point the rule took its minimum at
-    ax.plot(lrs[i], sm[i], 'o', color='C3', ms=9, label=f'minimum of smoothed loss, lr={lrs[i]:.1e}')
+def plot_lr_find(learn, raw, lr_rule, lr_valley=None, top=1.3):
+    """Raw per-batch losses, the smoothed curve fastai plots, its minimum and the chosen rate(s). The y-axis stops at
+    `top` times the first smoothed loss, so the falling part stays readable; raw losses above it (the blow-up at the
+    end) are drawn as triangles on the top edge, and the legend says how many and how high they went."""
+    lrs, sm, raw = np.asarray(learn.recorder.lrs), np.asarray([float(l) for l in learn.recorder.losses]), np.asarray(raw)
+    n = min(len(lrs), len(raw)); lrs, sm, raw = lrs[:n], sm[:n], raw[:n]
+    hi = top * sm[0]
+    over = raw > hi
+    fig, ax = plt.subplots(figsize=(8, 4.4))
+    ax.plot(lrs[~over], raw[~over], '.', color='0.55', ms=5, label='raw loss of each batch')
+    if over.any():
+        ax.plot(lrs[over], np.full(over.sum(), hi), '^', color='0.3', ms=7, clip_on=False,
+                label=f'raw loss above the top of the plot ({over.sum()} batches, up to {raw.max():.1f})')
+    ax.plot(lrs, sm, lw=2, color='C0', label='smoothed (what lr_find plots)')
+    i = int(np.argmin(sm))
+    ax.plot(lrs[i], sm[i], 'o', color='C3', ms=9, label=f'minimum of the smoothed loss, lr={lrs[i]:.1e}')
     ax.axvline(lr_rule, color='C3', ls='--', label=f'article rule: minimum / 10 = {lr_rule:.1e}')
     if lr_valley: ax.axvline(lr_valley, color='C2', ls=':', lw=2, label=f'fastai valley = {lr_valley:.1e}')
-    lo, hi = min(min(raw[:n]), min(sm[:n])), max(sm[:i + 1])  # the curve up to its minimum; the blow-up is clipped
-    ax.set(xscale='log', xlabel='learning rate (log scale)', ylabel='loss', ylim=(lo - 0.1 * (hi - lo), hi + 0.3 * (hi - lo)))
-    ax.legend(fontsize=9); fig.tight_layout()
+    lo = min(raw.min(), sm.min())
+    ax.set(xscale='log', xlabel='learning rate (log scale)', ylabel='loss', ylim=(lo - 0.05 * (hi - lo), hi))
+    ax.grid(alpha=0.3); ax.legend(fontsize=9, loc='lower left'); fig.tight_layout()
     return fig
-
-
-def save_lr(lr, learn=None, dataset='kmnist'):
-    "Remember notebook 03's learning rate for notebook 04, and whether its model had random or ImageNet weights."
-    about = {'weights': learn.weights} if getattr(learn, 'weights', None) else {}
-    write_json({'lr': float(lr), **about}, settings.OUT_DIR / 'results' / f'lr_{dataset}.json')
-
-
-def load_lr(dataset='kmnist', default=None, quiet=False):
-    "The rate `save_lr` kept on this machine, or `default` (saying which, unless `quiet`)."
-    p = settings.OUT_DIR / 'results' / f'lr_{dataset}.json'
-    if not p.exists():
-        if not quiet: print(f"No learning rate saved by notebook 03 on this machine (in Colab each notebook has a "
-                            f"machine of its own): using {default!r}" + (", so lr_find with the article's rule runs "
-                            "before training." if default == 'auto' else '.'))
-        return default
-    saved = json.loads(p.read_text())
-    if not quiet: print(f"Learning rate {saved['lr']:.2e} from notebook 03" +
-                        (f", found for a model with {saved['weights']} weights." if saved.get('weights') else '.'))
-    return saved['lr']

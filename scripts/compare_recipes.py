@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""Choose between recipes on the validation set, never the test set: train a KMNIST preset and variants of it,
+several seeds each, and compare their validation accuracy with the run-to-run spread of the preset itself.
+
+    python scripts/compare_recipes.py --preset cpu --seeds 42 1 2 --vary lr=1e-2 --vary label_smoothing=False \\
+        --vary max_warp=0.1 --out results/cpu-preset-choice.json
+
+Each `--vary NAME=VALUE` is one variant: the preset with that setting changed. The preset runs with every seed
+in `--seeds` (their spread is the noise); each variant with `--variant-seeds` (default: the first seed). A variant
+is called better or worse only when its mean differs from the preset's by more than that spread (max - min of the
+preset's seeds); otherwise it is a tie, and the cheaper or simpler recipe should win. Nothing reads the test set."""
+import argparse, ast, statistics, sys
+
+import helpers as h
+
+
+def setting(s):
+    "NAME=VALUE, the value read as Python (1e-2, False, 0.1) or, failing that, as a string ('auto')."
+    if '=' not in s: raise argparse.ArgumentTypeError(f'expected NAME=VALUE, such as lr=1e-2, not {s!r}')
+    name, value = s.split('=', 1)
+    try: value = ast.literal_eval(value)
+    except (ValueError, SyntaxError): pass
+    return name, value
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], epilog=__doc__.split('\n', 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--preset', default='cpu', choices=list(h.PRESETS))
+    p.add_argument('--seeds', type=int, nargs='+', default=[42, 1, 2])
+    p.add_argument('--variant-seeds', type=int, nargs='+')
+    p.add_argument('--vary', type=setting, action='append', default=[], metavar='NAME=VALUE')
+    p.add_argument('--data', help='folder holding the downloaded KMNIST files (default data/kmnist)')
+    p.add_argument('--quick', action='store_true', help="the preset's quick form (2,000 images, one epoch): a check")
+    p.add_argument('--out', default='results/compare_recipes.json')
+    a = p.parse_args(argv)
+    base = h.make_config('kmnist', a.preset, quick=a.quick, wandb='off')
+    unknown = [n for n, _ in a.vary if n not in base]
+    if unknown: p.error(f"unknown setting {', '.join(unknown)}; a {a.preset} config has {', '.join(base)}")
+    plans = [('preset', {}, a.seeds)] + [(f'{n}={v!r}', {n: v}, a.variant_seeds or a.seeds[:1]) for n, v in a.vary]
+    rows = []
+    for name, change, seeds in plans:
+        for seed in seeds:
+            cfg = {**base, **change, 'seed': seed}
+            try: res, _ = h.run_training(cfg, a.data, log=lambda *_: None, test=False)
+            except (FileNotFoundError, ValueError, h.DownloadError) as e:
+                print(f'error: {e}', file=sys.stderr); return 1
+            rows.append(dict(variant=name, seed=seed, valid_accuracy=res['valid_accuracy'], lr=res['lr'],
+                             seconds=res['seconds'], device=res['device'], computes=res['computes']))
+            print(f"{name:28s} seed {seed:3d}: valid {res['valid_accuracy']:.4f}, lr {res['lr']:.2e}, "
+                  f"{res['seconds']:.0f} s", flush=True)
+    accs = {name: [r['valid_accuracy'] for r in rows if r['variant'] == name] for name, _, _ in plans}
+    secs = {name: statistics.mean(r['seconds'] for r in rows if r['variant'] == name) for name, _, _ in plans}
+    spread = max(accs['preset']) - min(accs['preset'])
+    ref = statistics.mean(accs['preset'])
+    print(f"\npreset {a.preset}: mean valid {ref:.4f} over {len(a.seeds)} seeds, spread (max - min) {spread:.4f}")
+    summary = []
+    for name, _, _ in plans[1:]:
+        d = statistics.mean(accs[name]) - ref
+        verdict = 'tie (within the spread)' if abs(d) <= spread else 'better' if d > 0 else 'worse'
+        summary.append(dict(variant=name, mean=statistics.mean(accs[name]), difference=d, verdict=verdict,
+                            seconds=secs[name]))
+        print(f"{name:28s} mean valid {statistics.mean(accs[name]):.4f}: {d:+.4f} against the preset, {verdict}; "
+              f"{secs[name]:.0f} s against {secs['preset']:.0f} s")
+    h.write_json(dict(preset=a.preset, spread=spread, mean=ref, runs=rows, variants=summary, config=base,
+                      versions=h.versions(), device=h.device_name()), a.out)
+    print(f'Results: {a.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
