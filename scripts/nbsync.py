@@ -1,9 +1,14 @@
 #!/usr/bin/env python
-"""Keep every notebook's first two cells (badges, setup) in sync with `helpers.REPO_URL`, and its outputs honest.
+"""Keep every notebook's first two cells (badges, setup) in sync with `helpers.REPO_URL`, its outputs honest, and
+its clean copy for practice up to date.
 
-    python scripts/nbsync.py          # rewrite the first two cells of notebooks/*.ipynb in place; outputs stay
-    python scripts/nbsync.py --check  # exit 1 if a notebook is out of sync, or its outputs do not match its code
+    python scripts/nbsync.py          # rewrite the first two cells of notebooks/*.ipynb in place (outputs stay),
+                                      # and write clean/*.ipynb
+    python scripts/nbsync.py --check  # exit 1 if a notebook or clean copy is out of sync, or outputs do not match code
     python scripts/nbsync.py --strip  # also remove every output
+
+A clean copy (clean/NN_name.ipynb, as the fastai book's clean/ folder) keeps every code cell without its outputs, and
+of the prose only the headings and the questionnaire: run each cell and say what it does before you look it up.
 
 Outputs are made by `scripts/execute_notebooks.py` only: it records the run in the notebook's metadata (shown
 under the badges) and a hash of each code cell's source in the cell's metadata, so a cell changed afterwards
@@ -15,6 +20,7 @@ from pathlib import Path
 import helpers as h
 
 NOTEBOOKS = h.ROOT / 'notebooks'
+CLEAN = h.ROOT / 'clean'
 CLONE = h.REPO_URL.rstrip('/').rsplit('/', 1)[1]
 
 SETUP = f"""# Setup. On Colab or Kaggle: fetch this series from GitHub, then install the tested fastai and friends, keeping
@@ -48,8 +54,8 @@ def source_hash(source):
     return 'sha256:' + hashlib.sha256(text.encode('utf-8')).hexdigest()[:HASH_LEN]
 
 
-def badges(name):
-    path = f"{h.REPO_URL.split('github.com/')[1]}/blob/main/notebooks/{name}"
+def badges(name, folder='notebooks'):
+    path = f"{h.REPO_URL.split('github.com/')[1]}/blob/main/{folder}/{name}"
     return (f'[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]'
             f'(https://colab.research.google.com/github/{path}) '
             f'[![Open in Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)]'
@@ -90,6 +96,28 @@ def canonical(nb, name, strip=False):
     return json.dumps(nb, indent=1, ensure_ascii=False) + '\n'
 
 
+def clean_copy(nb, name):
+    """The clean copy of notebook `nb` (a dict, as `canonical` writes it): its code cells without outputs; of its
+    markdown, the headings, and the questionnaire whole; badges and setup cell pointing at clean/."""
+    cells = [{'cell_type': 'markdown', 'id': 'badge', 'metadata': {}, 'source': lines(
+                badges(name, 'clean') + f'\n\n*A clean copy of [notebooks/{name}](../notebooks/{name}) for practice: its code '
+                'without outputs, its prose cut to the headings and the questionnaire. Before you run a cell, say what it '
+                'will do and why; then check in the full notebook.*')},
+             {'cell_type': 'code', 'execution_count': None, 'id': 'setup', 'metadata': {}, 'outputs': [],
+              'source': lines(SETUP.replace(f'{CLONE}/notebooks', f'{CLONE}/clean'))}]
+    for c in nb['cells'][2:]:
+        text = ''.join(c['source'])
+        if c['cell_type'] == 'code':
+            cells.append({'cell_type': 'code', 'execution_count': None, 'id': c.get('id'), 'outputs': [],
+                          'metadata': {k: v for k, v in c.get('metadata', {}).items() if k == 'tags'}, 'source': c['source']})
+            continue
+        keep = text if text.startswith('## Questionnaire') else \
+            '\n\n'.join(line for line in text.split('\n') if line.startswith('#'))
+        if keep: cells.append({'cell_type': 'markdown', 'id': c.get('id'), 'metadata': {}, 'source': lines(keep)})
+    meta = {k: v for k, v in nb['metadata'].items() if k != 'kuzushiji'}
+    return json.dumps({**nb, 'cells': cells, 'metadata': meta}, indent=1, ensure_ascii=False) + '\n'
+
+
 def unbacked(nb):
     """Why a notebook's outputs cannot be trusted to match its code ([] when they can): outputs with no record of
     a run by `execute_notebooks.py`, or code cells changed since that run."""
@@ -107,18 +135,27 @@ def main(argv=None):
     g.add_argument('--strip', action='store_true', help='also remove outputs and the record of the run')
     a = p.parse_args(argv)
     bad = []
-    for path in sorted(NOTEBOOKS.glob('*.ipynb')):
+    paths = sorted(NOTEBOOKS.glob('*.ipynb'))
+    for path in paths:
         want = synced(path, strip=a.strip)
+        clean, clean_want = CLEAN / path.name, clean_copy(json.loads(want), path.name)
         if a.check:
             why = unbacked(json.loads(path.read_text(encoding='utf-8')))
             if path.read_text(encoding='utf-8') != want: why.insert(0, 'first two cells or metadata out of sync')
+            if not clean.exists() or clean.read_text(encoding='utf-8') != clean_want: why.append(f'clean/{path.name} out of date')
             bad += [f'{path.name}: {w}' for w in why]
-        elif path.read_text(encoding='utf-8') != want:
-            tmp = path.with_name(path.name + '.tmp')
-            tmp.write_text(want, encoding='utf-8'); os.replace(tmp, path)
-            print(f'{"stripped" if a.strip else "synced"} {path.name}')
+            continue
+        for file, text, did in ((path, want, 'stripped' if a.strip else 'synced'), (clean, clean_want, 'wrote clean copy')):
+            if not file.exists() or file.read_text(encoding='utf-8') != text:
+                file.parent.mkdir(exist_ok=True)
+                tmp = file.with_name(file.name + '.tmp')
+                tmp.write_text(text, encoding='utf-8'); os.replace(tmp, file)
+                print(f'{did} {file.relative_to(h.ROOT)}')
+    if a.check:
+        extra = sorted(set(p.name for p in CLEAN.glob('*.ipynb')) - set(p.name for p in paths))
+        bad += [f'clean/{n}: no notebook of that name (remove it)' for n in extra]
     if bad:
-        print('\n'.join(bad) + '\nFix: python scripts/nbsync.py (first two cells), then python scripts/execute_notebooks.py '
+        print('\n'.join(bad) + '\nFix: python scripts/nbsync.py (first two cells and clean copies), then python scripts/execute_notebooks.py '
               'NOTEBOOK to make its outputs again, or python scripts/nbsync.py --strip to remove them.')
         return 1
     return 0

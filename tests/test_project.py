@@ -25,6 +25,30 @@ def test_every_notebook_starts_with_badge_and_setup():
         assert "'google.colab' in sys.modules" in setup and 'KAGGLE_KERNEL_RUN_TYPE' in setup and '../scripts' in setup
 
 
+def test_clean_copies_match_their_notebooks(tmp_path, monkeypatch):
+    "clean/ holds one practice copy per notebook: the same code, no outputs, headings and questionnaire only."
+    nbs = sorted((ROOT / 'notebooks').glob('*.ipynb'))
+    assert sorted(p.name for p in (ROOT / 'clean').glob('*.ipynb')) == [p.name for p in nbs]
+    for p in nbs:
+        full, clean = json.loads(p.read_text()), json.loads((ROOT / 'clean' / p.name).read_text())
+        code = lambda nb: [''.join(c['source']) for c in nb['cells'][2:] if c['cell_type'] == 'code']
+        assert code(clean) == code(full), p.name  # every code cell, in order, unchanged
+        assert not any(c.get('outputs') for c in clean['cells'] if c['cell_type'] == 'code')
+        heads = lambda nb: [l for c in nb['cells'][2:] if c['cell_type'] == 'markdown'
+                            for l in ''.join(c['source']).split('\n') if l.startswith('#')]
+        assert heads(clean) == heads(full), p.name  # the outline survives
+        prose = [''.join(c['source']) for c in clean['cells'][2:] if c['cell_type'] == 'markdown']
+        assert all(t.startswith(('#', '## Questionnaire')) for t in prose), p.name
+        assert '/blob/main/clean/' + p.name in ''.join(clean['cells'][0]['source'])
+        assert "os.chdir('kuzushiji-fastai/clean')" in ''.join(clean['cells'][1]['source'])
+    # a notebook changed without its clean copy is caught by --check
+    monkeypatch.setattr(nbsync, 'CLEAN', tmp_path)
+    for p in nbs: (tmp_path / p.name).write_text((ROOT / 'clean' / p.name).read_text())
+    nb = json.loads((tmp_path / nbs[0].name).read_text()); nb['cells'].append(nb['cells'][-1])
+    (tmp_path / nbs[0].name).write_text(json.dumps(nb))
+    assert nbsync.main(['--check']) == 1
+
+
 def test_hosted_install_keeps_the_platforms_torch():
     "Hosted notebooks install requirements.txt minus torch/torchvision/kernel packages; torch is never pinned by hand."
     want = {n: v for n, v in hosted_setup.pins().items() if n not in hosted_setup.SKIP}
