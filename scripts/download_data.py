@@ -6,6 +6,7 @@ Examples:
     python scripts/download_data.py --dataset kmnist --format npz
     python scripts/download_data.py --dataset kmnist --mirror /path/to/classroom/copy
     python scripts/download_data.py --list
+    python scripts/download_data.py --weights resnet34 resnet18 --dest classroom/   # ImageNet weights for a mirror
 """
 import argparse, sys
 
@@ -33,9 +34,21 @@ def main(argv=None):
                                     f'(or set {h.MIRROR_ENV})')
     p.add_argument('--list', action='store_true', help='list datasets, formats, files and checksums, then stop')
     p.add_argument('--force', action='store_true', help='download again even if a verified file is present')
+    p.add_argument('--weights', nargs='+', choices=['resnet18', 'resnet34', 'resnet50'], metavar='ARCH',
+                   help="torchvision's ImageNet weights for these ResNets (resnet18, resnet34, resnet50), into --dest "
+                        "(default data/weights), checked by the hash in their names: serve them beside the data "
+                        "as a classroom mirror, and notebooks 03-05 and train.py take them from there")
     a = p.parse_args(argv)
     if a.list:
         h.list_files(a.dataset); return 0
+    if a.weights:
+        try: files = h.download_weights(a.weights, dest=a.dest, mirror=a.mirror, force=a.force)
+        except h.DownloadError as e:
+            print(f'\nerror: {e}', file=sys.stderr); return 1
+        except KeyboardInterrupt:
+            print('\nInterrupted: run the same command again to resume where it stopped.', file=sys.stderr); return 130
+        print(f'Done: {files[0].parent}')
+        if a.dataset is None: return 0
     if a.dataset is None:
         if sys.stdin.isatty():
             a.dataset = ask('Please select the download dataset:', [(k, v) for k, v in h.DESCRIPTIONS.items()])

@@ -2,7 +2,7 @@
 
 Everything is served from 127.0.0.1 (conftest's `http_server`) or a local folder; nothing touches the internet.
 """
-import functools, io, json, os, socket, subprocess, sys, tarfile, time
+import functools, hashlib, io, json, os, socket, subprocess, sys, tarfile, time
 from pathlib import Path
 
 import pytest
@@ -425,3 +425,88 @@ def test_extract_not_a_tar_is_a_clear_error(tmp_path):
         h.extract_tar(bad, dest, quiet=True)
     assert 'kkanji.tar' in str(e.value)
     assert list(dest.iterdir()) == []
+
+
+# ImageNet weights for a classroom without internet: a mirror serves torchvision's files, checked by the hash in
+# their names (torch.hub's own rule), and they go into torch's cache, where fastai looks first.
+
+def stand_in_weights(folder, arch='resnet18'):
+    "A small file named as torchvision names its weights: `<arch>-<first 8 hex digits of its sha256>.pth`."
+    data = b'stand-in weights, not a model ' * 50
+    name = f'{arch}-{hashlib.sha256(data).hexdigest()[:8]}.pth'
+    (folder / name).write_bytes(data)
+    return name
+
+
+@pytest.fixture
+def torch_cache(tmp_path, monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.hub, '_hub_dir', str(tmp_path / 'hub'))
+    monkeypatch.delenv('KUZUSHIJI_MIRROR', raising=False)
+    return tmp_path / 'hub' / 'checkpoints'
+
+
+def test_weights_come_from_the_mirror_into_torchs_cache_once(tmp_path, http_server, torch_cache, monkeypatch):
+    (tmp_path / 'mirror').mkdir()
+    name = stand_in_weights(tmp_path / 'mirror')
+    monkeypatch.setattr(h.downloads, 'weight_file', lambda arch: name)
+    srv = http_server(tmp_path / 'mirror')
+    monkeypatch.setenv('KUZUSHIJI_MIRROR', srv.url)
+    got = h.install_weights('resnet18', quiet=True)
+    assert got == torch_cache / name and got.read_bytes() == (tmp_path / 'mirror' / name).read_bytes()
+    assert [p for p, _ in srv.requests] == [f'/{name}']
+    assert h.install_weights('resnet18', quiet=True) == got and len(srv.requests) == 1  # cached: not fetched again
+    assert not list(torch_cache.glob('*.part'))
+
+
+def test_a_weight_file_whose_hash_does_not_match_its_name_is_refused(tmp_path, http_server, torch_cache, monkeypatch,
+                                                                      capsys):
+    (tmp_path / 'mirror').mkdir()
+    (tmp_path / 'mirror' / 'resnet18-deadbeef.pth').write_bytes(b'something else entirely')
+    monkeypatch.setattr(h.downloads, 'weight_file', lambda arch: 'resnet18-deadbeef.pth')
+    srv = http_server(tmp_path / 'mirror')
+    assert h.install_weights('resnet18', mirror=srv.url) is None
+    out = capsys.readouterr().out
+    assert 'does not start with the hash in its name' in out and 'trying the official host' in out
+    assert not list(torch_cache.glob('*'))  # nothing kept, not even a .part
+
+
+def test_no_mirror_means_nothing_to_do(torch_cache, monkeypatch):
+    monkeypatch.setattr(h.downloads, 'weight_file', lambda arch: 'resnet18-f37072fd.pth')
+    assert h.install_weights('resnet18') is None and not torch_cache.exists()
+
+
+def test_make_learner_takes_weights_from_the_mirror_first(tmp_path, http_server, torch_cache, monkeypatch):
+    "train.py and the notebooks build ResNets with make_learner: the mirror's file is in the cache before fastai looks."
+    from conftest import synthetic_kmnist
+    (tmp_path / 'mirror').mkdir()
+    name = stand_in_weights(tmp_path / 'mirror')
+    monkeypatch.setattr(h.downloads, 'weight_file', lambda arch: name)
+    monkeypatch.setenv('KUZUSHIJI_MIRROR', http_server(tmp_path / 'mirror').url)
+    seen = []
+    real = h.training.vision_learner
+    def fake(*a, pretrained=True, **k):
+        seen.append((torch_cache / name).exists())
+        return real(*a, pretrained=False, **k)  # the stand-in is no real model: build from random weights
+    monkeypatch.setattr(h.training, 'vision_learner', fake)
+    (x, y), _ = synthetic_kmnist(40, 10)
+    h.make_learner(h.kmnist_dls((x, y), list('おきすつなはまやれを'), bs=8, device='cpu'), 'resnet18', pretrained=True)
+    assert seen == [True]
+
+
+def test_download_data_fetches_weights_for_a_mirror(tmp_path, http_server, monkeypatch, capsys):
+    "The teacher's side: download_data.py --weights into a folder to serve."
+    import download_data
+    (tmp_path / 'host').mkdir()
+    name = stand_in_weights(tmp_path / 'host')
+    monkeypatch.setattr(h.downloads, 'weight_file', lambda arch: name)
+    srv = http_server(tmp_path / 'host')
+    dest = tmp_path / 'classroom'
+    assert download_data.main(['--weights', 'resnet18', '--dest', str(dest), '--mirror', srv.url]) == 0
+    assert (dest / name).read_bytes() == (tmp_path / 'host' / name).read_bytes()
+    assert 'sha256 matches its name' in capsys.readouterr().out
+    (tmp_path / 'host' / name).write_bytes(b'tampered')
+    assert download_data.main(['--weights', 'resnet18', '--dest', str(tmp_path / 'c2'), '--mirror', srv.url]) == 1
+    err = capsys.readouterr().err
+    assert 'does not start with the hash in its name' in err and 'download_data.py --weights' in err
+    assert not list((tmp_path / 'c2').glob('*'))

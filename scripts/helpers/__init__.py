@@ -4,7 +4,7 @@
     catalogue    the official files, URLs and md5s; class names and romaji
     archives     md5 checks, safe tar and zip extraction
     cleaning     a clean, resized copy of messy web images (the calligraphy set)
-    downloads    mirrors, resume, retries, verification
+    downloads    mirrors, resume, retries, verification; ImageNet weights from a classroom mirror
     arrays       npz / MNIST idx / class map into NumPy, checked
     dataloaders  NumPy arrays to fastai DataLoaders: the DataBlock way and the fast tensor way
     plots        examples per class, class balance, the downloaded files
@@ -26,9 +26,9 @@ from .settings import (DATA_DIR, OUT_DIR, QUICK, REPO_URL, ROOT, cpu_flags, cpu_
 from .catalogue import (CALLIGRAPHY_CLASSES, CALLIGRAPHY_COMMIT, CALLIGRAPHY_NAMES, CALLIGRAPHY_REPO, CALLIGRAPHY_URL,
                         CALLIGRAPHY_ZIP, DESCRIPTIONS, FILES, FORMATS, HOSTS, KNOWN_MIRRORS, MIRROR_ENV, OFFICIAL_URL,
                         ROMAJI, dataset_files, list_files)
-from .archives import DownloadError, extract_tar, extract_zip, md5sum, readable
+from .archives import DownloadError, extract_tar, extract_zip, hash_matches_name, md5sum, name_hash, readable
 from .cleaning import MANIFEST_COLUMNS, REPORT_COLUMNS, calligraphy_report, prepare, read_report, shrink, to_rgb
-from .downloads import download, download_file
+from .downloads import download, download_file, download_weights, install_weights, weight_file
 from .arrays import DataFormatError, load_arrays, load_classmap, load_idx, load_npz, split_indices, subsample
 from .dataloaders import (ArrayDataset, ArrayDL, benchmark_loader, char_augment, image_stats, item_image, item_label,
                           kmnist_dls, test_dl)

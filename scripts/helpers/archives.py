@@ -19,6 +19,19 @@ def md5sum(path) -> str:
     with open(path, 'rb') as f: return hashlib.file_digest(f, 'md5').hexdigest()
 
 
+def name_hash(name) -> str | None:
+    "The hash prefix torchvision puts in a weight file's name (`resnet34-b627a593.pth`: 'b627a593'), as torch.hub reads it."
+    m = re.search(r'-([a-f0-9]+)\.', str(name))
+    return m.group(1) if m else None
+
+
+def hash_matches_name(path) -> bool:
+    "Does the file's sha256 start with the hash in its name? (torch.hub's own check for downloaded weights.)"
+    with open(path, 'rb') as f: digest = hashlib.file_digest(f, 'sha256').hexdigest()
+    prefix = name_hash(Path(path).name.removesuffix('.part'))
+    return bool(prefix) and digest.startswith(prefix)
+
+
 def readable(raw: bytes) -> str:
     "A file name for people: UTF-8, else GBK (most of this data set), else the bytes' repr."
     for enc in ('utf-8', 'gbk'):

@@ -26,7 +26,8 @@ CALLIGRAPHY_CLASSES = ('kaishu', 'lishu', 'xiaozhuan')
 CALLIGRAPHY_NAMES = {'kaishu': ('楷书', 'regular script'), 'lishu': ('隶书', 'clerical script'),
                      'xiaozhuan': ('小篆', 'small seal script')}
 
-HOSTS = {'calligraphy': [f'{CALLIGRAPHY_REPO}/archive/']}  # every other dataset: KNOWN_MIRRORS
+HOSTS = {'calligraphy': [f'{CALLIGRAPHY_REPO}/archive/'],  # every other dataset: KNOWN_MIRRORS
+         'weights': ['https://download.pytorch.org/models/']}  # torchvision's ImageNet weights (notebooks 03-05)
 
 # dataset -> format -> [(file name, official md5 or None)]
 FILES = {

@@ -3,14 +3,15 @@
 Written here rather than taken from a library (fastai's `untar_data`, torchvision's `download_url`) because
 the official host is slow and sometimes down: this tries mirrors in turn (a classroom folder or URL too), fails
 fast on a host that never answers (about 8 s a mirror), resumes broken transfers with HTTP Range, and gives a
-file its final name only once its md5 matches. Uses: settings, catalogue, archives, cleaning."""
+file its final name only once its md5 matches. It also serves torchvision's ImageNet weights from a classroom mirror
+into torch's cache, each checked by the hash in its name. Uses: settings, catalogue, archives, cleaning."""
 from __future__ import annotations
 
 import http.client, json, os, shutil, socket, time, urllib.error, urllib.request
 from pathlib import Path
 
 from . import settings
-from .archives import DownloadError, extract_tar, extract_zip, md5sum
+from .archives import DownloadError, extract_tar, extract_zip, hash_matches_name, md5sum
 from .catalogue import CALLIGRAPHY_ZIP, HOSTS, KNOWN_MIRRORS, MIRROR_ENV, OFFICIAL_URL, dataset_files
 from .cleaning import prepare
 
@@ -73,14 +74,17 @@ def _fetch(url, part: Path, timeout: float, retries: int, quiet: bool):
 
 
 def download_file(name, md5, dest, mirror=None, dataset='kmnist', force=False, timeout=8., retries=3,
-                  quiet=False) -> Path:
+                  quiet=False, by_name_hash=False) -> Path:
     """Fetch one file into `dest`, verified. A verified file already there is kept. The download goes
-    to `<name>.part` and takes its final name only once its md5 matches."""
+    to `<name>.part` and takes its final name only once its md5 matches (`by_name_hash`: once its sha256 starts with
+    the hash in its name, as torchvision's weight files are checked)."""
     dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
     final, part = dest / name, dest / f'{name}.part'
+    if by_name_hash: md5 = None
     if final.exists() and not force:
-        if md5 is None or md5sum(final) == md5:
-            if not quiet: print(f'  {name}: already here, ' + ('verified' if md5 else 'no checksum published to verify'))
+        if by_name_hash and hash_matches_name(final) or not by_name_hash and (md5 is None or md5sum(final) == md5):
+            if not quiet: print(f'  {name}: already here, ' + ('verified' if md5 or by_name_hash else
+                                                              'no checksum published to verify'))
             return final
         if not quiet: print(f'  {name}: present but its checksum does not match; downloading again')
     if force and part.exists(): part.unlink()
@@ -97,6 +101,10 @@ def download_file(name, md5, dest, mirror=None, dataset='kmnist', force=False, t
             errors.append(f'{src}: HTTP {e.code} {e.reason}'); continue
         except (OSError, http.client.HTTPException) as e:
             errors.append(f'{src}: {getattr(e, "reason", None) or e}'); continue
+        if by_name_hash and not hash_matches_name(part):
+            part.unlink()
+            errors.append(f'{src}: its sha256 does not start with the hash in its name; the copy was deleted')
+            continue
         got = md5sum(part)
         if md5 is not None and got != md5:
             part.unlink()
@@ -104,9 +112,12 @@ def download_file(name, md5, dest, mirror=None, dataset='kmnist', force=False, t
             continue
         os.replace(part, final)
         if not quiet:
-            print(f'\r  {name}: {_size(final.stat().st_size)}, md5 {"verified" if md5 else "(none published)"}'
-                  f'  <- {base}'.ljust(70))
+            check = 'sha256 matches its name' if by_name_hash else f'md5 {"verified" if md5 else "(none published)"}'
+            print(f'\r  {name}: {_size(final.stat().st_size)}, {check}  <- {base}'.ljust(70))
         return final
+    if by_name_hash: raise DownloadError(
+        f"Could not download {name}.\n  " + '\n  '.join(errors) + f"\nWhat to do: on a machine with internet access run "
+        f"python scripts/download_data.py --weights ... --dest FOLDER, then serve FOLDER and set {MIRROR_ENV}.")
     raise DownloadError(
         f"Could not download {name}.\n  " + '\n  '.join(errors) +
         f"\nWhat to do: download the file by hand (or from a classroom copy) into a folder, then run\n"
@@ -139,3 +150,32 @@ def download(dataset='kmnist', fmt=None, dest=None, mirror=None, force=False, md
         extract_zip(dest / CALLIGRAPHY_ZIP, dest / 'raw', force=force, quiet=quiet)
         return prepare(dest / 'raw', dest / 'prepared', max_side=max_side, force=force, quiet=quiet)['path']
     return dest
+
+
+def weight_file(arch) -> str:
+    "The file of ImageNet weights that fastai's `vision_learner(arch, pretrained=True)` asks torchvision for (DEFAULT)."
+    from torchvision.models import get_model_weights
+    return get_model_weights(arch).DEFAULT.url.rsplit('/', 1)[1]
+
+
+def download_weights(archs=('resnet18', 'resnet34', 'resnet50'), dest=None, mirror=None, force=False, quiet=False):
+    """torchvision's ImageNet weight files for `archs` into `dest` (default data/weights), for a classroom mirror:
+    put them beside the data files a teacher serves. Each is checked by the sha256 prefix in its name."""
+    dest = Path(dest) if dest else settings.DATA_DIR / 'weights'
+    return [download_file(weight_file(a), None, dest, mirror=mirror, dataset='weights', force=force, quiet=quiet,
+                          by_name_hash=True) for a in archs]
+
+
+def install_weights(arch, mirror=None, quiet=False):
+    """Copy `arch`'s ImageNet weights from a classroom mirror (`mirror`, or $KUZUSHIJI_MIRROR) into torch's cache, where
+    fastai looks first, so a room without internet still trains from ImageNet weights. Nothing to do without a
+    mirror or when the file is cached. Returns the cached file, or None: then fastai tries the official host."""
+    import torch
+    name, mirror = weight_file(arch), mirror or os.environ.get(MIRROR_ENV)
+    cached = Path(torch.hub.get_dir()) / 'checkpoints' / name
+    if cached.exists() or not mirror: return cached if cached.exists() else None
+    try: return download_file(name, None, cached.parent, mirror=mirror, dataset='weights', quiet=quiet, by_name_hash=True)
+    except DownloadError as e:
+        if not quiet: print(f"No good copy of {name} on the mirror {mirror} ({e.args[0].splitlines()[1].strip()}); "
+                            f"trying the official host.")
+        return None

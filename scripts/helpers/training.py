@@ -1,6 +1,6 @@
 """Training: models, learners, CPU speed-ups, one reproducible run of a preset, export, the batch-size study's plot.
 
-Uses: settings, arrays, dataloaders, lr, tracking, recipes."""
+Uses: settings, arrays, downloads, dataloaders, lr, tracking, recipes."""
 from __future__ import annotations
 
 import copy, os, random, sys, time
@@ -15,6 +15,7 @@ from torch import nn
 
 from .arrays import load_arrays, subsample
 from .dataloaders import kmnist_dls, test_dl
+from .downloads import install_weights
 from .lr import find_lr, smooth
 from .recipes import brush_augment, mixing_callback, score, scores
 from .settings import cpu_has_bf16, device_name, on_gpu, set_seed, use_fp16, versions
@@ -46,13 +47,15 @@ def make_learner(dls, arch='resnet34', pretrained=True, n_in=1, metrics=(accurac
     if arch.startswith('kmnist_cnn'):
         learn, pretrained = Learner(dls, ARCHS[arch](get_c(dls)), metrics=list(metrics), cbs=cbs, **kwargs), False
     else:
+        if pretrained: install_weights(arch)  # from a classroom mirror into torch's cache, if one is set
         try:
             learn = vision_learner(dls, ARCHS[arch], n_in=n_in, pretrained=pretrained, metrics=list(metrics), cbs=cbs, **kwargs)
         except OSError as e:  # URLError is an OSError: no internet, or a firewall
             if not pretrained: raise
             print(f'Could not download the pretrained {arch} weights ({type(e).__name__}: {e}).\n'
                   f'Going on from RANDOM weights: expect lower accuracy and more epochs. With internet access the '
-                  f'weights download once to $TORCH_HOME/hub/checkpoints/.')
+                  f'weights download once to $TORCH_HOME/hub/checkpoints/; in a classroom, from the mirror in '
+                  f'$KUZUSHIJI_MIRROR (download_data.py --weights).')
             learn = vision_learner(dls, ARCHS[arch], n_in=n_in, pretrained=False, metrics=list(metrics), cbs=cbs, **kwargs)
             pretrained = False
     learn.weights = 'imagenet' if pretrained else 'random'  # what results record: the config may have asked for more
