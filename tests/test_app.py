@@ -1,7 +1,7 @@
 """The app and the command lines: the HTTP API through gradio_client, predict.py on good and bad files, train.py
 --model then app.py and predict.py, and the page in a real browser (Debian's Chromium driven by Playwright, every
 request that is not for 127.0.0.1 blocked). Screenshots of each state go to $APP_SHOTS (default /tmp/app-shots)."""
-import io, json, os, socket, subprocess, sys, time
+import base64, io, json, os, re, socket, subprocess, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +35,16 @@ def models(tmp_path_factory):
         (tmp / 'photos' / c).mkdir(parents=True)
         for j in range(3): Image.new('RGB', (90, 80), (60 * j, 90, 30)).save(tmp / 'photos' / c / f'{j}.jpg')
     callig = vision_learner(h.calligraphy_dls(tmp / 'photos', size=64, bs=4, device='cpu'), resnet18, pretrained=False)
-    return h.export(learn, tmp / 'kmnist.pkl'), h.export(callig, tmp / 'calligraphy.pkl'), synthetic_chars(20, seed=9)
+    return (h.export(learn, tmp / 'kmnist.pkl'), h.export(callig, tmp / 'calligraphy.pkl'), synthetic_chars(20, seed=9),
+            (x, y))
 
 
 @pytest.fixture(scope='module')
 def app(models):
     "The app in this process, on 127.0.0.1 at a free port, closed at the end."
-    km, cal, _ = models
-    demo = h.app.build_app(h.load_model(km), h.load_model(cal, 'calligraphy'))
+    km, cal, _, train = models
+    demo = h.app.build_app(h.load_model(km), h.load_model(cal, 'calligraphy'),
+                           examples=h.app.training_examples(CHARS, train))  # what the model was trained on
     port = free_port()
     h.app.launch(demo, port=port, block=False)
     yield f'http://127.0.0.1:{port}/'
@@ -56,27 +58,43 @@ def drawing_file(a, path, size=300, pos=(40, 60)):
 
 def test_api_reads_a_drawing_as_the_model_does(app, models, tmp_path):
     from gradio_client import Client, handle_file
-    km, _, (x, _) = models
+    km, _, (x, _), (xt, yt) = models
     learn = h.load_model(km)
     c = Client(app, verbose=False)
     for i in range(3):
         path = drawing_file(x[i], tmp_path / f'd{i}.png', size=120 + 90 * i, pos=(30 * i, 200 - 60 * i))
-        label, seen, msg = c.predict({'background': None, 'layers': [], 'composite': handle_file(path)},
-                                     api_name='/read_drawing')
+        label, seen, msg, gallery = c.predict({'background': None, 'layers': [], 'composite': handle_file(path)},
+                                              api_name='/read_drawing')
         want = h.predict(learn, path)[0]
         assert label['label'] == h.label_text(want[0]['label']) and len(label['confidences']) == 3
         assert label['confidences'][0]['confidence'] == pytest.approx(want[0]['probability'], abs=1e-4)
         assert (np.asarray(Image.open(seen).convert('L'))[::5, ::5] == h.kmnist_input(path)).all()  # 5x, square pixels
         assert msg.startswith('Read as')
+        # beside the answer: N_EXAMPLES training images of each top class, in the order of the answer
+        n, tops = h.app.N_EXAMPLES, [d['label'] for d in label['confidences']]
+        rows = re.findall(r'class="examples-label"[^>]*>([^<]+)</span>(.*?)</div>', gallery)
+        assert [r[0] for r in rows] == tops, gallery[:300]
+        for (name, imgs), top in zip(rows, tops):
+            shown = [np.asarray(Image.open(io.BytesIO(base64.b64decode(b)))) for b in re.findall(r'base64,([^"]+)"', imgs)]
+            cls = CHARS.index(name.split()[0])
+            assert len(shown) == n and all(any((s == t).all() for t in xt[yt == cls]) for s in shown), \
+                f'{name}: not {n} training images of the class it names'
+
+
+def test_without_training_images_the_app_says_so_in_one_line(tmp_path, capsys):
+    assert h.app.training_examples(CHARS, tmp_path / 'nothing-here') is None
+    out = capsys.readouterr().out.strip()
+    assert len(out.splitlines()) == 1 and 'download_data.py --dataset kmnist' in out
+    assert h.app.example_html(None, [{'label': 'は', 'probability': 0.9}]) == ''
 
 
 def test_api_empty_canvas_and_bad_upload_get_a_message(app, tmp_path):
     from gradio_client import Client, handle_file
     c = Client(app, verbose=False)
     Image.new('RGBA', (400, 400), (0, 0, 0, 0)).save(tmp_path / 'empty.png')
-    label, seen, msg = c.predict({'background': None, 'layers': [], 'composite': handle_file(str(tmp_path / 'empty.png'))},
-                                 api_name='/read_drawing')
-    assert label is None or not label.get('confidences') and seen is None and 'Nothing to read' in msg
+    label, seen, msg, gallery = c.predict({'background': None, 'layers': [], 'composite': handle_file(str(tmp_path / 'empty.png'))},
+                                          api_name='/read_drawing')
+    assert label is None or not label.get('confidences') and seen is None and 'Nothing to read' in msg and not gallery
     label, msg = c.predict(handle_file(str(tmp_path / 'empty.png')), api_name='/read_photo')
     assert label['label'] in [h.label_text(s) for s in h.CALLIGRAPHY_CLASSES]  # any picture is some style
     assert 'probability' in msg
@@ -88,7 +106,7 @@ def run(script, *args, timeout=600, **kw):
 
 
 def test_predict_py_json_good_and_bad_files(models, tmp_path):
-    km, _, (x, _) = models
+    km, _, (x, _), _ = models
     files = [drawing_file(x[0], tmp_path / 'a.png'), tmp_path / 'notes.txt', tmp_path / 'orig.png']
     (tmp_path / 'notes.txt').write_text('hello')
     Image.fromarray(x[1]).save(tmp_path / 'orig.png')
@@ -174,6 +192,8 @@ def test_the_page_in_a_real_browser(app, tmp_path):
         page.wait_for_function("document.querySelector('#drawing-message').innerText.startsWith('Read as')", timeout=30_000)
         label = page.inner_text('#drawing-label')
         assert any(f'{c} ({h.ROMAJI[c]})' in label for c in CHARS), label
+        page.wait_for_function(f"document.querySelectorAll('#drawing-examples img').length == {3 * h.app.N_EXAMPLES}",
+                               timeout=20_000)  # the training images of the top 3, beside the answer
         page.screenshot(path=SHOTS / '3-read.png')
         page.click('#drawing-clear')
         page.wait_for_function("document.querySelector('#drawing-message').innerText.startsWith('Nothing to read')")

@@ -6,21 +6,29 @@ The canvas: 400x400, black ink, a brush 34 px wide. KMNIST's strokes are about 3
 fills (measured on the test set: 3.0 px, median over images), so 11% of the character's size; a character drawn
 across 80% of the canvas, as the page asks, gets strokes of that proportion. The page starts with the brush in hand
 (Gradio's sketchpad otherwise waits for a click on its brush tool).
-Uses: inference."""
+
+Beside its answer the app shows a few training images of each of its top classes: what the model learned that
+character from, the classical forms (hentaigana included) that share one modern label. So a learner who draws a
+modern は sees the brush forms the model also reads as は, and can check the model, as KuLA shows example images per
+character. They are picked once, when the app starts, from the KMNIST files the learner downloaded.
+Uses: arrays, inference."""
 from __future__ import annotations
 
-import os
+import base64, html, io, os
 
 os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')  # before gradio is imported: no telemetry, no update check
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from .arrays import load_arrays  # noqa: E402
 from .inference import InputError, NoInk, label_text, predict  # noqa: E402
 
 CANVAS = 400
 BRUSH = 34  # stroke width in canvas pixels (see the module's docstring)
 SEEN_SIZE = 140  # the 28x28 input is shown 5x larger, each pixel a square
+EXAMPLE_SIZE = 56  # training examples are shown 2x larger
+N_EXAMPLES = 4  # training examples per class
 EMPTY = 'Nothing to read yet: draw a character on the canvas, then press **Read it**.'
 # Take the sketchpad's brush tool once the page has loaded and after every Clear (which puts it down again), so
 # that the first stroke draws: retried until the button exists and is highlighted.
@@ -45,17 +53,49 @@ def seen_image(x):
     return Image.fromarray(x).resize((SEEN_SIZE, SEEN_SIZE), Image.NEAREST)
 
 
-def read_drawing(learn, editor, k=3):
-    """Gradio handler for the sketchpad: (label dict, the 28x28 image the model saw, message). An empty canvas
-    gives no prediction and a message saying what to do."""
+def training_examples(classes, data=None, n=N_EXAMPLES, seed=0):
+    """`n` training images of each class, drawn at random once: `{character: array (n, 28, 28)}`, or None, after one
+    line saying why, when there are none. `data`: a folder of KMNIST files (default data/kmnist), or `(x, y)` arrays."""
+    try:
+        if isinstance(data, tuple): (x, y), file_classes = data, list(classes)
+        else: (x, y), _, file_classes = load_arrays(data)
+    except (FileNotFoundError, ValueError) as e:
+        print(f'No training images to show beside the answers ({type(e).__name__}): download them with '
+              f'`python scripts/download_data.py --dataset kmnist` and start the app again.')
+        return None
+    rng = np.random.default_rng(seed)
+    return {c: x[rng.choice(np.flatnonzero(np.asarray(y) == i), n, replace=False)]
+            for i, c in enumerate(file_classes) if c in classes and (np.asarray(y) == i).sum() >= n}
+
+
+def example_html(examples, preds):
+    """Beside an answer: for each top class, its name and its training images, as stored (light ink on dark), 28x28
+    PNGs drawn 3x larger with square pixels. Empty without examples."""
+    if not examples: return ''
+    def png(img):
+        buf = io.BytesIO(); Image.fromarray(img).save(buf, format='PNG')
+        return base64.b64encode(buf.getvalue()).decode()
+    rows = [f'<div class="examples-row" style="display:flex;align-items:center;gap:6px;margin:4px 0">'
+            f'<span class="examples-label" style="min-width:80px">{html.escape(label_text(p["label"]))}</span>' +
+            ''.join(f'<img src="data:image/png;base64,{png(img)}" width="{EXAMPLE_SIZE}" height="{EXAMPLE_SIZE}" '
+                    f'alt="a training image of {html.escape(p["label"])}" style="image-rendering:pixelated">'
+                    for img in examples.get(p['label'], [])) + '</div>' for p in preds]
+    return (f'<div><b>What the model learned from</b>: {N_EXAMPLES} training images of each of its top {len(preds)} '
+            f'(the same character is written in several forms)</div>' + ''.join(rows))
+
+
+def read_drawing(learn, editor, k=3, examples=None):
+    """Gradio handler for the sketchpad: (label dict, the 28x28 image the model saw, message, training examples of
+    the top classes). An empty canvas gives no prediction and a message saying what to do."""
     img = editor.get('composite') if isinstance(editor, dict) else editor
-    if img is None: return None, None, EMPTY
+    if img is None: return None, None, EMPTY, ''
     try:
         preds, x = predict(learn, img, k)
     except InputError as e:
-        return None, None, EMPTY if isinstance(e, NoInk) else str(e)
+        return None, None, EMPTY if isinstance(e, NoInk) else str(e), ''
     best = preds[0]
-    return as_label(preds), seen_image(x), f"Read as **{label_text(best['label'])}**, probability {best['probability']:.2f}."
+    return (as_label(preds), seen_image(x), f"Read as **{label_text(best['label'])}**, probability {best['probability']:.2f}.",
+            example_html(examples, preds))
 
 
 def read_photo(learn, img, k=3):
@@ -69,10 +109,12 @@ def read_photo(learn, img, k=3):
     return as_label(preds), f"Read as **{label_text(best['label'])}**, probability {best['probability']:.2f}."
 
 
-def build_app(kmnist=None, calligraphy=None, k=3):
+def build_app(kmnist=None, calligraphy=None, k=3, examples='auto'):
     """The app as a `gr.Blocks`: a Draw tab for a KMNIST learner, an Upload tab for a calligraphy learner (either
-    may be None). API names for gradio_client: /read_drawing and /read_photo."""
+    may be None). API names for gradio_client: /read_drawing and /read_photo. `examples`: the training images shown
+    beside an answer (`training_examples`); 'auto' picks them from data/kmnist, None shows none."""
     if kmnist is None and calligraphy is None: raise ValueError('build_app needs a KMNIST model, a calligraphy model, or both')
+    if isinstance(examples, str) and kmnist is not None: examples = training_examples(list(kmnist.dls.vocab))
     with gr.Blocks(title='Read Kuzushiji and calligraphy', analytics_enabled=False) as demo:
         gr.Markdown('# Put the model to work\nA model trained in this series reads what you give it. It runs on this '
                     'computer: nothing leaves it.')
@@ -95,11 +137,15 @@ def build_app(kmnist=None, calligraphy=None, k=3):
                             msg = gr.Markdown(EMPTY, elem_id='drawing-message')
                     with gr.Row():
                         go = gr.Button('Read it', variant='primary', elem_id='drawing-read')
-                        gr.Button('Clear', elem_id='drawing-clear').click(
-                            lambda: (None, None, EMPTY), None, [label, seen, msg], queue=False,
-                            api_visibility='private', js=CLEAR_CANVAS)
-                    def read_pad(drawing): return read_drawing(kmnist, drawing, k)  # gradio_client shows the name
-                    go.click(read_pad, pad, [label, seen, msg], api_name='read_drawing')
+                        clear = gr.Button('Clear', elem_id='drawing-clear')
+                    gallery = gr.HTML('', visible=bool(examples), elem_id='drawing-examples')
+                    if not examples:
+                        gr.Markdown('*No training images here to show beside the answer: download KMNIST with '
+                                    '`python scripts/download_data.py --dataset kmnist` and start the app again.*')
+                    clear.click(lambda: (None, None, EMPTY, ''), None, [label, seen, msg, gallery], queue=False,
+                                api_visibility='private', js=CLEAR_CANVAS)
+                    def read_pad(drawing): return read_drawing(kmnist, drawing, k, examples)  # gradio_client shows the name
+                    go.click(read_pad, pad, [label, seen, msg, gallery], api_name='read_drawing')
             if calligraphy is not None:
                 with gr.Tab('Upload calligraphy', id='upload'):
                     gr.Markdown('Upload a photo of Chinese calligraphy to read its style: 楷书 kaishu (regular script), '
