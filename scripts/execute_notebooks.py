@@ -31,7 +31,9 @@ import nbsync
 MAX_BYTES = 3_000_000
 ABSOLUTE_PATH = re.compile(r'(?<![\w:/.~])/(?:[\w.+-]+/){2,}[\w.+-]*')  # /home/you/data/x; not a URL, ../data/x nor ~/.cache/x
 WANDB_RUN = re.compile(r'\b((?:offline-)?run-)\d{8}_\d{6}-[0-9a-z]+\b')
-NO_PICTURES = '05'  # notebooks whose name starts so are committed without images
+NO_PICTURES = 'no-pictures'  # the tag of a cell committed without its pictures
+PICTURE_DATA = '05'  # notebooks whose name starts so draw pictures of data that must not be redistributed
+DRAWS_DATA = re.compile(r'show_batch|plot_top_losses|show_image|imshow|show_results')
 PICTURE_NOTE = ('(This picture is not kept in the committed notebook: the calligraphy images\' rights are unclear. '
                 'Run the notebook to see it.)')
 
@@ -59,6 +61,9 @@ def final_state(text):
 
 
 def _is_picture(mime): return mime.startswith('image/')
+
+
+def _no_pictures(cell): return NO_PICTURES in cell.get('metadata', {}).get('tags', [])
 
 
 def _map_text(out, fn):
@@ -94,7 +99,7 @@ def clean(nb, name):
         if 'outputs' in c: c['outputs'] = coalesce(c['outputs'])
         for out in c.get('outputs', []):
             if out['output_type'] == 'stream': _map_text(out, final_state)
-            if name.startswith(NO_PICTURES) and any(map(_is_picture, out.get('data', {}))):
+            if _no_pictures(c) and any(map(_is_picture, out.get('data', {}))):
                 out['data'], out['metadata'] = {'text/plain': PICTURE_NOTE}, {}
             _map_text(out, portable)
 
@@ -115,16 +120,20 @@ def problems(text, name):
             found += [f'cell {i}: a W&B run folder: {m.group(0)}' for m in WANDB_RUN.finditer(shown)]
             found += [f'cell {i}: this machine\'s name: {w}' for w in words if re.search(rf'\b{re.escape(w)}\b', shown)]
             if out['output_type'] == 'stream' and '\r' in ''.join(out['text']): found.append(f'cell {i}: a progress bar mid-way')
-            if name.startswith(NO_PICTURES) and any(map(_is_picture, out.get('data', {}))):
-                found.append(f'cell {i}: a picture, and this notebook keeps none')
+            if _no_pictures(c) and any(map(_is_picture, out.get('data', {}))):
+                found.append(f'cell {i}: a picture, and this cell keeps none')
+        if name.startswith(PICTURE_DATA) and c['cell_type'] == 'code' and not _no_pictures(c) and \
+                DRAWS_DATA.search(''.join(c['source'])):
+            found.append(f'cell {i}: draws images of the data but is not tagged {NO_PICTURES}')
     if len(text.encode('utf-8')) > MAX_BYTES:
         found.append(f'{len(text.encode("utf-8")) / 1e6:.1f} MB, more than {MAX_BYTES / 1e6:.0f} MB')
     if any(c.get('outputs') for c in nb['cells']): found += nbsync.unbacked(nb)
     return found
 
 
-def execute(path, timeout):
-    "Run one notebook and return the text to commit, or exit with what went wrong."
+def execute(path, timeout, data=None):
+    """Run one notebook and return the text to commit, or exit with what went wrong. `data`: what it ran on, when
+    that is not the full real data set (shown under the badges)."""
     nb = nbformat.read(str(path), as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name='python3', record_timing=False,
                             resources={'metadata': {'path': str(nbsync.NOTEBOOKS)}})
@@ -137,7 +146,7 @@ def execute(path, timeout):
     for c in nb.cells:
         if c.cell_type == 'code': c.metadata['source_hash'] = nbsync.source_hash(c.source)
     nb.metadata['kuzushiji'] = {'date': datetime.date.today().isoformat(), 'hardware': hardware(),
-                                'versions': h.versions()}
+                                'versions': h.versions(), **({'data': data} if data else {})}
     nb = json.loads(nbformat.writes(nb))
     clean(nb, path.name)
     text = nbsync.canonical(nb, path.name)
@@ -154,12 +163,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('notebooks', nargs='*', help='numbers (01) or file names; all notebooks by default')
     p.add_argument('--timeout', type=int, default=7200, help='seconds one cell may take (default 7200)')
+    p.add_argument('--data', help='what the run used, when it is not the full real data set (shown under the badges), '
+                                  "e.g. 'a 600-image subset of the real set'")
     a = p.parse_args(argv)
     if h.QUICK: sys.exit('KUZUSHIJI_QUICK is set: committed outputs come from full-size runs. Unset it and run again.')
     for path in pick(a.notebooks):
         start = time.time()
         print(f'running {path.name} ...', flush=True)
-        text = execute(path, a.timeout)
+        text = execute(path, a.timeout, a.data)
         tmp = path.with_name(path.name + '.tmp')
         tmp.write_text(text, encoding='utf-8'); os.replace(tmp, path)
         stderr = [i for i, c in enumerate(json.loads(text)['cells']) for o in c.get('outputs', []) if o.get('name') == 'stderr']

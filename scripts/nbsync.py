@@ -66,8 +66,8 @@ def provenance(run):
     "The line under the badges that says where a notebook's outputs came from (`run`: its `kuzushiji` metadata)."
     names = {'python': 'Python', 'torch': 'torch', 'fastai': 'fastai', 'fastcore': 'fastcore', 'numpy': 'NumPy'}
     v = ', '.join(f'{names[k]} {run["versions"][k]}' for k in names if k in run['versions'])
-    return (f'*The outputs below come from a full-size run on the real data ({run["date"]}, {run["hardware"]}; {v}), '
-            f'made by `scripts/execute_notebooks.py`.*')
+    return (f'*The outputs below come from a full-size run on {run.get("data") or "the real data"} ({run["date"]}, '
+            f'{run["hardware"]}; {v}), made by `scripts/execute_notebooks.py`.*')
 
 
 def lines(text): return text.splitlines(keepends=True)

@@ -60,13 +60,18 @@ def test_every_check_can_fail():
                                  {'output_type': 'error', 'ename': 'ValueError', 'evalue': 'x', 'traceback': []}]
     nb['cells'][4]['outputs'] = [{'output_type': 'display_data', 'metadata': {},
                                   'data': {'image/png': base64.b64encode(png()).decode(), 'text/plain': 'fig'}}]
+    nb['cells'][4]['metadata']['tags'] = ['no-pictures']
     nb['cells'][5]['source'] = 'changed()'
     found = '\n'.join(ex.problems(json.dumps(nb), '05_x.ipynb'))
     for what in (f'path of this machine: {ROOT}/models', 'path of this machine: /home/alice/data/x.npz',
                  'W&B run folder', 'progress bar mid-way', 'an error (ValueError)', 'cell 4: a picture',
                  'cell 5 changed after its outputs were made'):
         assert what in found, what
-    assert 'picture' not in '\n'.join(ex.problems(json.dumps(nb), '01_x.ipynb'))  # pictures are fine elsewhere
+    nb['cells'][4]['metadata']['tags'] = []
+    assert 'picture' not in '\n'.join(ex.problems(json.dumps(nb), '05_x.ipynb'))  # an untagged cell's figure stays
+    nb['cells'][4]['source'] = 'dls.show_batch()'
+    assert 'cell 4: draws images of the data but is not tagged no-pictures' in ex.problems(json.dumps(nb), '05_x.ipynb')
+    assert not any('draws images' in p for p in ex.problems(json.dumps(nb), '01_x.ipynb'))  # KMNIST's may be shown
     del nb['metadata']['kuzushiji']
     assert 'cell 2 has outputs not made by execute_notebooks.py' in ex.problems(json.dumps(nb), '01_x.ipynb')
     assert any('MB, more than' in p for p in ex.problems(json.dumps(nb) + ' ' * ex.MAX_BYTES, '01_x.ipynb'))
@@ -83,23 +88,26 @@ def test_clean_makes_outputs_fit():
          'data': {'text/plain': f"Path('{ROOT}/models/export.pkl')"}}]
     nb['cells'][3]['outputs'] = [{'output_type': 'display_data', 'metadata': {}, 'data': {'image/png': image, 'text/plain': 'fig'}}]
     kept = copy.deepcopy(nb)
-    ex.clean(nb, '05_x.ipynb'); ex.clean(kept, '01_x.ipynb')
+    nb['cells'][3]['metadata']['tags'] = ['no-pictures']
+    ex.clean(nb, '05_x.ipynb'); ex.clean(kept, '05_x.ipynb')
     outs = nb['cells'][2]['outputs']
     assert ''.join(outs[0]['text']) == 'data in ../data/kmnist\nepoch 2\n'
     assert ''.join(outs[1]['text']) == 'W&B: logging offline to ../wandb/offline-run-<date>_<time>-<id>\n'
     assert ''.join(outs[2]['data']['text/plain']) == "Path('../models/export.pkl')"
     assert {k: ''.join(v) for k, v in nb['cells'][3]['outputs'][0]['data'].items()} == {'text/plain': ex.PICTURE_NOTE}
-    assert kept['cells'][3]['outputs'][0]['data']['image/png'] == image  # elsewhere the picture stays, untouched
-    assert ex.problems(json.dumps(nb), '05_x.ipynb') == [] and ex.problems(json.dumps(kept), '01_x.ipynb') == []
+    assert kept['cells'][3]['outputs'][0]['data']['image/png'] == image  # an untagged cell's picture stays, untouched
+    assert ex.problems(json.dumps(nb), '05_x.ipynb') == [] and ex.problems(json.dumps(kept), '05_x.ipynb') == []
 
 
 def test_execute_writes_clean_outputs_and_refuses_errors(tmp_path):
     "The whole path on a tiny notebook: run, record, clean; a failing cell or a foreign path stops it."
     path = tmp_path / '05_tiny.ipynb'
-    path.write_text(json.dumps(notebook(
+    tiny = notebook(
         'import helpers; print(helpers.ROOT / "models")',
         f'from IPython.display import Image; Image(data={png()!r})',
-        'import sys; [print(f"{i}0%", end="\\r", flush=True) for i in range(1, 11)]; print()')))
+        'import sys; [print(f"{i}0%", end="\\r", flush=True) for i in range(1, 11)]; print()')
+    tiny['cells'][3].setdefault('metadata', {})['tags'] = ['no-pictures']
+    path.write_text(json.dumps(tiny))
     nb = json.loads(ex.execute(path, timeout=120))
     cells = nb['cells']
     assert ''.join(cells[2]['outputs'][0]['text']) == '../models\n'
