@@ -66,7 +66,8 @@ def provenance(run):
     "The line under the badges that says where a notebook's outputs came from (`run`: its `kuzushiji` metadata)."
     names = {'python': 'Python', 'torch': 'torch', 'fastai': 'fastai', 'fastcore': 'fastcore', 'numpy': 'NumPy'}
     v = ', '.join(f'{names[k]} {run["versions"][k]}' for k in names if k in run['versions'])
-    return (f'*The outputs below come from a full-size run on {run.get("data") or "the real data"} ({run["date"]}, '
+    return (f'*The outputs below come from a {"run" if run.get("data") else "full-size run"} on '
+            f'{run.get("data") or "the real data"} ({run["date"]}, '
             f'{run["hardware"]}; {v}), made by `scripts/execute_notebooks.py`.*')
 
 
