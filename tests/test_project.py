@@ -73,3 +73,14 @@ def test_export_and_load(tmp_path, way):
     assert (tmp_path / 'export.pkl').stat().st_size < 60e6  # no data array dragged in (resnet18 alone ~45 MB)
     pred, idx, probs = load_learner(tmp_path / 'export.pkl').predict(xt[0])
     assert pred in 'おきすつなはまやれを' and len(probs) == 10 and pred == 'おきすつなはまやれを'[int(idx)]
+
+
+def test_teaching_page_covers_every_notebook_and_is_linked():
+    "TEACHING.md: a measured time (or 'not measured') for every notebook, and the README points teachers to it."
+    page = (ROOT / 'TEACHING.md').read_text()
+    rows = {l.split('|')[1].strip()[:2]: l for l in page.splitlines() if re.match(r'\| \d\d [A-Z]', l)}
+    assert sorted(rows) == [p.name[:2] for p in sorted((ROOT / 'notebooks').glob('*.ipynb'))]
+    for n, row in rows.items():
+        assert re.search(r'\d+ s\b|\d+ min', row), f'notebook {n}: no measured time'
+    assert 'KUZUSHIJI_MIRROR' in page and '--weights' in page and 'ANSWERS.md' in page and 'clean/' in page
+    assert '(TEACHING.md)' in (ROOT / 'README.md').read_text()
