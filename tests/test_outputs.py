@@ -2,7 +2,7 @@
 
 The committed notebooks are checked as they are; the checks and the cleaning are also run on small notebooks made
 here, each with the fault it must catch, so that every check is seen to fail."""
-import base64, copy, json, zlib, struct
+import base64, copy, json, re, struct, zlib
 
 import execute_notebooks as ex
 import helpers as h
@@ -153,3 +153,17 @@ def test_quick_runs_never_write_back(tmp_path):
 def test_quick_mode_is_refused(monkeypatch):
     monkeypatch.setattr(ex.h, 'QUICK', True)
     with pytest.raises(SystemExit, match='KUZUSHIJI_QUICK is set'): ex.main(['01'])
+
+
+def test_committed_05_shows_its_numbers_and_figures_but_no_calligraphy():
+    "A reader on GitHub sees notebook 05's numbers, lr_find plots and confusion matrix; never a calligraphy image."
+    nb = json.loads((ROOT / 'notebooks' / '05_calligraphy_progressive_resizing.ipynb').read_text())
+    shown = lambda c: ''.join(''.join(o.get('text', '')) + ''.join(o.get('data', {}).get('text/plain', ''))
+                              for o in c.get('outputs', []))
+    text = ''.join(shown(c) for c in nb['cells'])
+    assert re.search(r'stage 1 \(\d+ px\): validation accuracy 0\.\d+', text) and 'stage 2' in text
+    assert len(re.findall(r"learning rate [\d.e+-]+, by the article's rule", text)) == 4  # every phase's lr_find
+    pictures = [c for c in nb['cells'] for o in c.get('outputs', []) if 'image/png' in o.get('data', {})]
+    assert len(pictures) == 5 and all('no-pictures' not in c['metadata'].get('tags', []) for c in pictures)
+    tagged = [c for c in nb['cells'] if 'no-pictures' in c.get('metadata', {}).get('tags', [])]
+    assert tagged and all(ex.PICTURE_NOTE in shown(c) for c in tagged)
