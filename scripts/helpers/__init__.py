@@ -26,7 +26,7 @@ from .settings import (DATA_DIR, OUT_DIR, QUICK, REPO_URL, ROOT, cpu_flags, cpu_
 from .catalogue import (CALLIGRAPHY_CLASSES, CALLIGRAPHY_COMMIT, CALLIGRAPHY_NAMES, CALLIGRAPHY_REPO, CALLIGRAPHY_URL,
                         CALLIGRAPHY_ZIP, DESCRIPTIONS, FILES, FORMATS, HOSTS, KNOWN_MIRRORS, MIRROR_ENV, OFFICIAL_URL,
                         ROMAJI, dataset_files, list_files)
-from .archives import DownloadError, extract_tar, extract_zip, hash_matches_name, md5sum, name_hash, readable
+from .archives import DownloadError, extract_tar, extract_zip, md5sum, readable
 from .cleaning import MANIFEST_COLUMNS, REPORT_COLUMNS, calligraphy_report, prepare, read_report, shrink, to_rgb
 from .downloads import download, download_file, download_weights, install_weights, weight_file
 from .arrays import DataFormatError, load_arrays, load_classmap, load_idx, load_npz, split_indices, subsample

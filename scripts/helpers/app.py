@@ -63,30 +63,35 @@ def training_examples(classes, data=None, n=N_EXAMPLES, seed=0):
         print(f'No training images to show beside the answers ({type(e).__name__}): download them with '
               f'`python scripts/download_data.py --dataset kmnist` and start the app again.')
         return None
-    rng = np.random.default_rng(seed)
-    return {c: x[rng.choice(np.flatnonzero(np.asarray(y) == i), n, replace=False)]
-            for i, c in enumerate(file_classes) if c in classes and (np.asarray(y) == i).sum() >= n}
+    rng, y = np.random.default_rng(seed), np.asarray(y)
+    return {c: x[rng.choice(np.flatnonzero(y == i), n, replace=False)]
+            for i, c in enumerate(file_classes) if c in classes and (y == i).sum() >= n}
+
+
+def png_base64(img):
+    "A 28x28 image as the base64 text of a PNG, for an <img> in the page."
+    buf = io.BytesIO(); Image.fromarray(img).save(buf, format='PNG')
+    return base64.b64encode(buf.getvalue()).decode()
 
 
 def example_html(examples, preds):
-    """Beside an answer: for each top class, its name and its training images, as stored (light ink on dark), 28x28
-    PNGs drawn 3x larger with square pixels. Empty without examples."""
+    """Beside an answer: for each top class, its name and its training images (`examples`: character -> PNGs as
+    base64, made once by `build_app`), as stored (light ink on dark), drawn 2x larger with square pixels. Empty
+    without examples."""
     if not examples: return ''
-    def png(img):
-        buf = io.BytesIO(); Image.fromarray(img).save(buf, format='PNG')
-        return base64.b64encode(buf.getvalue()).decode()
     rows = [f'<div class="examples-row" style="display:flex;align-items:center;gap:6px;margin:4px 0">'
             f'<span class="examples-label" style="min-width:80px">{html.escape(label_text(p["label"]))}</span>' +
-            ''.join(f'<img src="data:image/png;base64,{png(img)}" width="{EXAMPLE_SIZE}" height="{EXAMPLE_SIZE}" '
+            ''.join(f'<img src="data:image/png;base64,{b64}" width="{EXAMPLE_SIZE}" height="{EXAMPLE_SIZE}" '
                     f'alt="a training image of {html.escape(p["label"])}" style="image-rendering:pixelated">'
-                    for img in examples.get(p['label'], [])) + '</div>' for p in preds]
+                    for b64 in examples.get(p['label'], [])) + '</div>' for p in preds]
     return (f'<div><b>What the model learned from</b>: {N_EXAMPLES} training images of each of its top {len(preds)} '
             f'(the same character is written in several forms)</div>' + ''.join(rows))
 
 
 def read_drawing(learn, editor, k=3, examples=None):
     """Gradio handler for the sketchpad: (label dict, the 28x28 image the model saw, message, training examples of
-    the top classes). An empty canvas gives no prediction and a message saying what to do."""
+    the top classes as HTML; `examples` as `example_html` takes them). An empty canvas gives no prediction and a
+    message saying what to do."""
     img = editor.get('composite') if isinstance(editor, dict) else editor
     if img is None: return None, None, EMPTY, ''
     try:
@@ -114,7 +119,8 @@ def build_app(kmnist=None, calligraphy=None, k=3, examples='auto'):
     may be None). API names for gradio_client: /read_drawing and /read_photo. `examples`: the training images shown
     beside an answer (`training_examples`); 'auto' picks them from data/kmnist, None shows none."""
     if kmnist is None and calligraphy is None: raise ValueError('build_app needs a KMNIST model, a calligraphy model, or both')
-    if isinstance(examples, str) and kmnist is not None: examples = training_examples(list(kmnist.dls.vocab))
+    if isinstance(examples, str): examples = training_examples(list(kmnist.dls.vocab)) if kmnist is not None else None
+    if examples: examples = {c: [png_base64(img) for img in imgs] for c, imgs in examples.items()}  # once, not per answer
     with gr.Blocks(title='Read Kuzushiji and calligraphy', analytics_enabled=False) as demo:
         gr.Markdown('# Put the model to work\nA model trained in this series reads what you give it. It runs on this '
                     'computer: nothing leaves it.')

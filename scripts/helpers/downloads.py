@@ -81,8 +81,9 @@ def download_file(name, md5, dest, mirror=None, dataset='kmnist', force=False, t
     dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
     final, part = dest / name, dest / f'{name}.part'
     if by_name_hash: md5 = None
+    def verified(path): return hash_matches_name(path) if by_name_hash else md5 is None or md5sum(path) == md5
     if final.exists() and not force:
-        if by_name_hash and hash_matches_name(final) or not by_name_hash and (md5 is None or md5sum(final) == md5):
+        if verified(final):
             if not quiet: print(f'  {name}: already here, ' + ('verified' if md5 or by_name_hash else
                                                               'no checksum published to verify'))
             return final
@@ -101,14 +102,11 @@ def download_file(name, md5, dest, mirror=None, dataset='kmnist', force=False, t
             errors.append(f'{src}: HTTP {e.code} {e.reason}'); continue
         except (OSError, http.client.HTTPException) as e:
             errors.append(f'{src}: {getattr(e, "reason", None) or e}'); continue
-        if by_name_hash and not hash_matches_name(part):
+        if not verified(part):
+            why = ('its sha256 does not start with the hash in its name' if by_name_hash else
+                   f'checksum mismatch (md5 {md5sum(part)}, expected {md5})')
             part.unlink()
-            errors.append(f'{src}: its sha256 does not start with the hash in its name; the copy was deleted')
-            continue
-        got = md5sum(part)
-        if md5 is not None and got != md5:
-            part.unlink()
-            errors.append(f'{src}: checksum mismatch (md5 {got}, expected {md5}); the copy was deleted')
+            errors.append(f'{src}: {why}; the copy was deleted')
             continue
         os.replace(part, final)
         if not quiet:

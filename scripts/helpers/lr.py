@@ -57,7 +57,7 @@ def plot_lr_find(learn, raw, lr_rule, lr_valley=None, top=1.3):
         ax.plot(lrs[over], np.full(over.sum(), hi), '^', color='0.3', ms=7, clip_on=False,
                 label=f'raw loss above the top of the plot ({over.sum()} batches, up to {raw.max():.1f})')
     ax.plot(lrs, sm, lw=2, color='C0', label='smoothed (what lr_find plots)')
-    i = int(np.argmin(sm))
+    i = int(np.argmin(np.abs(np.log(lrs) - np.log(lr_rule * 10))))  # the minimum the rule used (fastai skips the ends)
     ax.plot(lrs[i], sm[i], 'o', color='C3', ms=9, label=f'minimum of the smoothed loss, lr={lrs[i]:.1e}')
     ax.axvline(lr_rule, color='C3', ls='--', label=f'article rule: minimum / 10 = {lr_rule:.1e}')
     if lr_valley: ax.axvline(lr_valley, color='C2', ls=':', lw=2, label=f'fastai valley = {lr_valley:.1e}')
