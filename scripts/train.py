@@ -11,8 +11,9 @@
     python scripts/train.py --dataset kmnist --model models/kmnist.pkl && python scripts/app.py --kmnist models/kmnist.pkl
 
 KMNIST presets: article (ResNet34, bs 128, 10 epochs, one-cycle, fp16 on a GPU), cpu, quick; best-cpu and best
-(notebook 07: augmentation for brush strokes, mixup, label smoothing, test-time augmentation; best is a ResNet34
-for a GPU, 20 epochs); the default, auto, is article on a GPU and cpu without one (a ResNet34 takes hours on a CPU).
+(notebook 07: best-cpu is a CNN twice as wide, 20 epochs, <= 20 minutes on 2 CPU cores; best is a ResNet34 for a
+GPU with mixup and test-time augmentation, 20 epochs, unmeasured); the default, auto, is article on a GPU and cpu
+without one (a ResNet34 takes hours on a CPU).
 Calligraphy presets: article (ResNet34, 128 px then 256 px, frozen then unfrozen), cpu, quick; --size S trains at
 S then 2S pixels and --epochs sets the unfrozen epochs of each stage. Any setting can be overridden."""
 import argparse, sys
@@ -68,9 +69,12 @@ def main(argv=None):
         what = f"sizes {cfg['sizes']}, {cfg['frozen']}+{cfg['unfrozen']} epochs per stage"
     else:
         cfg = h.make_config(a.dataset, preset, quick=a.quick, epochs=a.epochs, size=a.size, **common)
-        extras = [('brush augmentation', cfg.get('augment') == 'brush'), (cfg.get('mix'), cfg.get('mix')),
-                  ('label smoothing', cfg.get('label_smoothing')), ('test-time augmentation', cfg.get('tta'))]
-        what = ', '.join([f"{cfg['epochs']} epochs"] + [name for name, on in extras if on])
+        n = cfg.get('ensemble', 1)
+        extras = [('brush augmentation', cfg.get('augment') == 'brush'), ('random erasing', cfg.get('erase')),
+                  (cfg.get('mix'), cfg.get('mix')), ('label smoothing', cfg.get('label_smoothing')),
+                  ('test-time augmentation', cfg.get('tta'))]
+        what = ', '.join([f"{cfg['epochs']} epochs" + (f' x {n} models (an ensemble)' if n > 1 else '')] +
+                         [name for name, on in extras if on])
     if cfg['arch'] == 'kmnist_cnn' and a.pretrained:
         p.error('kmnist_cnn has no pretrained weights; --pretrained needs a ResNet (--arch resnet34)')
     chosen = f"preset {preset}" + (' (auto: ' + ('a GPU' if h.on_gpu() else 'no GPU') + ')' if a.preset == 'auto' else '')
@@ -88,6 +92,8 @@ def main(argv=None):
             (f" with test-time augmentation (without: test {res['without_tta']['test']:.4f})" if res.get('tta') else '')
     print(f"{score}, {res['seconds']:.0f} s of training, {res['images_per_second']:,.0f} images/s. Results: {a.out}\n"
           f"Model: {model} (try it: python scripts/app.py --{'calligraphy' if a.dataset == 'calligraphy' else 'kmnist'} {model})")
+    if len(res.get('members', [])) > 1:  # the app reads one model
+        print(f"An ensemble: the model exported is its first member, test accuracy {res['members'][0]['test']:.4f} alone")
     return 0
 
 

@@ -2,9 +2,10 @@
 
 The cells are the ones Colab runs at full size; `KUZUSHIJI_QUICK=1` only shrinks data and epochs.
 Each test checks what the notebook showed, not just that it ran."""
-import json, re
+import json, os, re
 from pathlib import Path
 
+import nbformat
 import pytest
 from conftest import write_kmnist
 from nbrun import NOTEBOOKS, cell, images, run, text
@@ -211,25 +212,49 @@ def test_06_put_it_to_work(nb_env, tmp_path):
 def test_07_beyond_the_article(nb_env):
     _have_kmnist(nb_env)
     nb = run(NOTEBOOKS / '07_beyond_the_article.ipynb', nb_env)
-    assert '1 epochs per recipe' in text(nb, 'settings')
+    if os.environ.get('KUZUSHIJI_KEEP_NB'): nbformat.write(nb, os.environ['KUZUSHIJI_KEEP_NB'])
+    assert re.search(r'kmnist_cnn_wide: [\d,]+ parameters; 2 epochs per judged model', text(nb, 'settings'))
     valid, test, lost = map(float, re.search(r'validation ([\d.]+)%, test ([\d.]+)%: (-?[\d.]+)% lost', text(nb, 'gap')).groups())
     assert abs(valid - test - lost) < 0.011  # the gap printed is the gap between the two scores printed
     assert re.search(r'ROC AUC of telling training images from test images: [01]\.\d{3} ', text(nb, 'likeness'))
     assert re.search(r'validation [\d.]+% on test-like images', text(nb, 'test-like'))
-    for tag in ('hard', 'likeness', 'brush-show'):
+    for tag in ('hard', 'likeness', 'brush-show', 'erase-show'):
         assert len(images(nb, tag)) == 1, tag
-    for tag in ('brush', 'mixup', 'smoothing', 'longer'):  # each idea judged on validation, and nothing else
+    # the noise: three seeds of the baseline, their mean and spread as printed
+    seeds = text(nb, 'seeds')
+    accs = [float(a) for a in re.search(r'three seeds: ([\d.]+)%, ([\d.]+)%, ([\d.]+)%;', seeds).groups()]
+    mean, spread = map(float, re.search(r'mean ([\d.]+)%, spread \(max - min\) ([\d.]+)%', seeds).groups())
+    assert abs(mean - sum(accs) / 3) < 0.011 and abs(spread - (max(accs) - min(accs))) < 0.011, seeds
+    assert seeds.count('after 2 epochs on 200 images') == 3  # the judging budget and subset, three times
+    # each idea: its validation score, the margin it needed (the spread), and a verdict that follows from them
+    for tag in ('erase', 'brush', 'mixup'):
         out = text(nb, tag)
-        assert re.search(r'validation [\d.]+% against [\d.]+% so far: (keep it|leave it out)', out), (tag, out)
+        m = re.search(r'validation ([\d.]+)% against ([\d.]+)%: ([+-][\d.]+)%, margin needed ([\d.]+)%: '
+                      r'(keep it|leave it out|a tie: leave it out)', out)
+        assert m, (tag, out)
+        new, against, diff, margin, verdict = float(m[1]), float(m[2]), float(m[3]), float(m[4]), m[5]
+        assert against == mean and margin == spread and abs(new - against - diff) < 0.011, (tag, out)
+        assert (verdict == 'keep it') == (diff > margin), (tag, out)
+        assert 'after 2 epochs on 200 images' in out, (tag, out)  # judged at the final recipe's budget
         assert 'test' not in out.replace('test-like', ''), (tag, out)
-    assert re.search(r'validation [\d.]+% plain, [\d.]+% with TTA: (use it|leave it out)', text(nb, 'tta'))
-    assert re.search(r'ensemble of .+: validation [\d.]+%', text(nb, 'ensemble'))
-    assert re.search(r'the chosen recipe: .+', text(nb, 'final'))
-    for tag in ('tta', 'ensemble', 'final'):  # no test score before the table
+    tta = re.search(r'validation ([\d.]+)% plain, ([\d.]+)% with TTA: ([+-][\d.]+)%, margin needed ([\d.]+)%: '
+                    r'(use it|leave it out) \([+-]\d+ of 30 images\)', text(nb, 'tta'))
+    assert tta and float(tta[4]) == spread and (tta[5] == 'use it') == (float(tta[3]) > spread)
+    ens = text(nb, 'ensemble')
+    assert 'members: 2 models of 1, 1 epochs' in ens, ens  # the members share a budget ...
+    m = re.search(r'ensemble of the 2: validation ([\d.]+)%; one model, 2 epochs: ([\d.]+)%; ([+-][\d.]+)%, '
+                  r'margin needed ([\d.]+)%: (the ensemble|the one model)', ens)
+    assert m and float(m[4]) == spread and (m[5] == 'the ensemble') == (float(m[3]) > spread), ens  # ... and its rival has theirs
+    final = text(nb, 'final')
+    assert re.search(r'the chosen recipe: erase=.+ensemble=[12], epochs=[12]$', final, re.M), final
+    assert re.search(r'model\(s\) of [12] epochs on \d+ images: validation [\d.]+% on a random slice', final), final
+    for tag in ('so-far', 'tta', 'ensemble', 'final'):  # no test score before the table
         assert 'test' not in text(nb, tag).replace('test-like', ''), tag
     html = ''.join(o.get('data', {}).get('text/html', '') for o in cell(nb, 'table').outputs)
-    for name in ('baseline: notebook 04', '+ brush augmentation', '+ mixup', '+ label smoothing', 'recipe, 3 epochs',
-                 'chosen recipe, random slice', '+ TTA', 'ensemble of 3'):
+    for name in ('baseline: notebook 04', 'baseline, test-like validation', 'judging baseline, seed 1', '+ random erasing',
+                 '+ brush augmentation', '+ mixup', 'ensemble of 2', '1 epochs, seed 1', 'best-cpu: the chosen recipe at full size'):
         assert name in html, name
-    assert html.count('%</td>') == 18, html  # 7 models, TTA and the ensemble: validation and test each
-    assert html.count('>random slice</td>') == 2  # the baseline and the final model; the rest on test-like images
+    n_models = len(re.findall(r'^.+: validation [\d.]+% after \d+ epochs on', ''.join(
+        o.get('text', '') for c in nb.cells for o in c.get('outputs', []) if o.get('output_type') == 'stream'), re.M))
+    assert html.count('%</td>') == 2 * (n_models + 3), html  # every fit, TTA, the ensemble, best-cpu: validation and test
+    assert html.count('>random slice</td>') == 2  # notebook 04's baseline and best-cpu; the rest on test-like images

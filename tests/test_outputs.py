@@ -167,3 +167,35 @@ def test_committed_05_shows_its_numbers_and_figures_but_no_calligraphy():
     assert len(pictures) == 5 and all('no-pictures' not in c['metadata'].get('tags', []) for c in pictures)
     tagged = [c for c in nb['cells'] if 'no-pictures' in c.get('metadata', {}).get('tags', [])]
     assert tagged and all(ex.PICTURE_NOTE in shown(c) for c in tagged)
+
+
+def test_committed_07_chose_the_best_cpu_preset_by_its_own_rule():
+    """The committed full-size run of notebook 07 judged each idea at the final budget against a margin (the seeds'
+    spread), chose a recipe that follows from what it printed, and that recipe is today's `best-cpu` preset."""
+    nb = json.loads((ROOT / 'notebooks' / '07_beyond_the_article.ipynb').read_text())
+    out = {t: ''.join(''.join(o.get('text', '')) for o in c.get('outputs', []))
+           for c in nb['cells'] for t in c.get('metadata', {}).get('tags', [])}
+    cfg = h.make_config('kmnist', 'best-cpu')
+    budget = cfg['epochs'] * cfg['ensemble']  # the preset's epochs, all models together
+    assert f'{budget} epochs per judged model' in out['settings']
+    judged = f'after {budget} epochs on 8,000 images'
+    assert out['seeds'].count(judged) == 3
+    spread = float(re.search(r'spread \(max - min\) ([\d.]+)%', out['seeds'])[1])
+    kept = {}
+    for tag, idea in (('erase', 'erase'), ('brush', 'augment'), ('mixup', 'mix')):
+        assert judged in out[tag]
+        m = re.search(r': ([+-][\d.]+)%, margin needed ([\d.]+)%: (keep it|leave it out|a tie: leave it out)', out[tag])
+        assert float(m[2]) == spread and (m[3] == 'keep it') == (float(m[1]) > spread)
+        kept[idea] = m[3] == 'keep it'
+    tta = re.search(r'([+-][\d.]+)%, margin needed [\d.]+%: (use it|leave it out)', out['tta'])
+    ens = re.search(r'([+-][\d.]+)%, margin needed [\d.]+%: (the ensemble|the one model)', out['ensemble'])
+    assert f'members: 2 models of {budget // 2}, {budget // 2} epochs' in out['ensemble']
+    assert f'one model, {budget} epochs' in out['ensemble']
+    chosen = dict(erase=cfg['erase'], augment=cfg['augment'], mix=cfg['mix'], tta=cfg['tta'], ensemble=cfg['ensemble'],
+                  epochs=cfg['epochs'])
+    assert 'the chosen recipe: ' + ', '.join(f'{k}={v}' for k, v in chosen.items()) in out['final']
+    assert bool(cfg['erase']) == kept['erase'] and (cfg['augment'] == 'brush') == kept['augment']
+    assert bool(cfg['mix']) == kept['mix'] and cfg['tta'] == (tta[2] == 'use it')
+    assert (cfg['ensemble'] > 1) == (ens[2] == 'the ensemble')
+    minutes = float(re.search(r'on 54,000 images: validation [\d.]+% on a random slice; ([\d.]+) minutes', out['final'])[1])
+    assert minutes <= 20, minutes  # the preset's budget, as measured in the committed run

@@ -11,7 +11,7 @@
     lr           lr_find with the article's rule, the raw and smoothed losses
     tracking     Weights & Biases, offline by default
     presets      each recipe's settings by name, and one run's config
-    recipes      beyond the article: augmentation for brush strokes, mixup, scoring with TTA and ensembles
+    recipes      beyond the article: augmentation for brush strokes, random erasing, mixup, scoring with TTA and ensembles
     training     models, learners, one reproducible run of a preset, export, the batch-size study's plot
     validation   a validation set that looks like the test set (adversarial validation)
     calligraphy  calligraphy DataLoaders and progressive resizing

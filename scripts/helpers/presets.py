@@ -16,12 +16,18 @@ PRESETS = {
     # seeds; the warp and a fixed 1e-2 tied within that spread, and the warp costs time, so it is left out.
     'cpu': dict(arch='kmnist_cnn', bs=128, epochs=6, lr='auto', size=None, pretrained=False, fp16=False, n_train=None,
                 label_smoothing=True, max_warp=0.),
-    # Beyond the article (notebook 07): the cpu preset's recipe on a CNN twice as wide, trained longer, read with
-    # test-time augmentation. At most 20 minutes of training on 2 CPU cores. (In notebook 07 stronger augmentation
-    # and mixup cost `kmnist_cnn` accuracy after 4 epochs, so they are left out.)
-    'best-cpu': dict(arch='kmnist_cnn_wide', bs=128, epochs=10, lr=1e-2, size=None, pretrained=False, fp16=False,
-                     n_train=None, label_smoothing=True, max_warp=0., augment='char', mix=None, tta=True),
-    # For a GPU: the article's ResNet34 with label smoothing, mixup, 20 epochs and test-time augmentation.
+    # Beyond the article (notebook 07, which chose it on validation only): the cpu preset's recipe on a CNN twice as
+    # wide (482k parameters), one model for 20 epochs: at most 20 minutes of training on 2 CPU cores (README: 2 cores
+    # of an Intel Xeon). Judged at this budget in notebook 07, random erasing, brush augmentation, mixup and TTA each
+    # tied with the baseline within the spread of three seeds (a tie goes to the simpler recipe), and an ensemble of
+    # two 10-epoch models lost to one model trained for 20 by more than that spread, so all are off (`erase`: the
+    # probability of an erased box per image; `ensemble`: how many models, alike but for their seeds, to average).
+    'best-cpu': dict(arch='kmnist_cnn_wide', bs=128, epochs=20, lr=1e-2, size=None, pretrained=False, fp16=False,
+                     n_train=None, label_smoothing=True, max_warp=0., augment='char', erase=0., mix=None, tta=False,
+                     ensemble=1),
+    # For a GPU: the article's ResNet34 with label smoothing, mixup, 20 epochs and test-time augmentation; its goal
+    # is at least 99.4%. Unmeasured, and its ingredients were not judged at its budget: no GPU run exists yet
+    # (notebook 07 judged them on a small CNN on a CPU).
     'best': dict(arch='resnet34', bs=128, epochs=20, lr='auto', size=None, pretrained=True, fp16=True, n_train=None,
                  label_smoothing=True, max_warp=0.1, augment='char', mix='mixup', tta=True),
     # Tests: the cpu preset, tiny, under a minute.

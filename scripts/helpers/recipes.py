@@ -1,5 +1,5 @@
-"""Beyond the article (notebook 07): augmentation for brush-written characters, and scoring a model, or a few of them
-together, with or without test-time augmentation.
+"""Beyond the article (notebook 07): augmentation for brush-written characters, random erasing, and scoring a model,
+or a few of them together, with or without test-time augmentation.
 
 Uses: settings, dataloaders, plots."""
 from __future__ import annotations
@@ -35,9 +35,10 @@ class ElasticWarp(Transform):
 
 
 class EraseStrokes(Transform):
-    """Random erasing, one box per image: with probability `p`, a box of 2% to `max_area` of the image becomes
-    background, as if the ink had faded or the paper were torn, so that no single stroke can carry the answer.
-    Ours because fastai's `RandomErasing`, applied to a batch, erases the same box in every image."""
+    """Random erasing (cutout), one box per image: with probability `p`, a box of 2% to `max_area` of the image
+    becomes background, as if the ink had faded or the paper were torn, so that no single stroke can carry the
+    answer. Ours because fastai's `RandomErasing` is made for one image at a time: applied to a batch, as our
+    tensor DataLoaders augment, it erases the same box in every image, or in none (notebook 07 shows it)."""
     split_idx, order = 0, 40
     def __init__(self, p=0.5, max_area=0.2): self.p, self.max_area = p, max_area
     def encodes(self, x: TensorImage):

@@ -14,10 +14,10 @@ from fastai.vision.all import (Callback, ConvLayer, Flatten, LabelSmoothingCross
 from torch import nn
 
 from .arrays import load_arrays, subsample
-from .dataloaders import kmnist_dls, test_dl
+from .dataloaders import char_augment, kmnist_dls, test_dl
 from .downloads import install_weights
 from .lr import find_lr, smooth
-from .recipes import brush_augment, mixing_callback, score, scores
+from .recipes import EraseStrokes, brush_augment, mixing_callback, score, scores
 from .settings import cpu_has_bf16, device_name, on_gpu, set_seed, use_fp16, versions
 from .tracking import finish_wandb, start_wandb
 
@@ -168,7 +168,9 @@ def load_for(cfg, data=None):
     (x, y), test, classes = load_arrays(data, dataset=cfg['dataset'])
     if cfg.get('n_train'): x, y = subsample(x, y, cfg['n_train'], cfg['seed'])
     if cfg.get('n_test'): test = subsample(*test, cfg['n_test'], cfg['seed'])
-    augment = brush_augment(cfg['size']) if cfg.get('augment') == 'brush' else True
+    if cfg.get('augment') == 'brush': augment = brush_augment(cfg['size'], erase=0)
+    else: augment = char_augment(cfg['size'], cfg.get('max_warp', 0.1))
+    if cfg.get('erase'): augment = augment + [EraseStrokes(p=cfg['erase'])]  # random erasing, one box per image
     dls = kmnist_dls((x, y), classes, valid_pct=cfg['valid_pct'], seed=cfg['seed'], bs=cfg['bs'], size=cfg['size'],
                      max_warp=cfg.get('max_warp', 0.1), augment=augment)
     return (x, y), test, classes, dls
@@ -184,26 +186,36 @@ def run_training(cfg, data=None, log=print, cbs=(), test=True):
     """Train once from a config (see `make_config`) and return the results: test and validation accuracy (with
     test-time augmentation if the preset says so, and without), per-epoch history, wall time, images/s, device,
     library versions and the config. What `scripts/train.py` runs. `cbs`: more callbacks for the learner.
-    `test=False` never reads the test set (its accuracies are None): for choosing between recipes."""
+    `test=False` never reads the test set (its accuracies are None): for choosing between recipes.
+    `cfg['ensemble'] = n` (default 1) trains n models alike but for their seeds (seed, seed+1, ...) on the same data
+    and scores the average of their probabilities; `seconds` is their training time together, `members` their
+    scores one by one. The learner returned is the first member; `learn.members` lists them all."""
     (x, y), test_set, classes, dls = load_for(cfg, data)
     cb = start_wandb(cfg['wandb'], config=cfg, name=f"{cfg['dataset']}-{cfg['preset']}-{cfg['arch']}-bs{cfg['bs']}")
-    learn = learner_for(cfg, dls, [cb, *cbs])
-    lr = pick_lr(cfg, learn)
-    log(f'learning rate {lr:.2e}' + (" (lr_find with the article's rule)" if cfg['lr'] == 'auto' else ''))
-    t0 = time.time()
-    learn.fit_one_cycle(cfg['epochs'], lr)
-    seconds = time.time() - t0
+    members, seconds, lr = [], 0., None
+    for i in range(cfg.get('ensemble', 1)):
+        set_seed(cfg['seed'] + i)
+        learn = learner_for(cfg, dls, [cb, *cbs] if i == 0 else list(cbs))  # W&B follows the first member
+        if lr is None:
+            lr = pick_lr(cfg, learn)
+            log(f'learning rate {lr:.2e}' + (" (lr_find with the article's rule)" if cfg['lr'] == 'auto' else ''))
+        t0 = time.time()
+        learn.fit_one_cycle(cfg['epochs'], lr)
+        seconds += time.time() - t0
+        members.append(learn)
+    learn = members[0]
     hist = history(learn)  # before validate(), which overwrites the recorder's last values
-    n_seen = cfg['epochs'] * len(dls.train) * cfg['bs']
-    _, valid_acc, _ = learn.validate()
-    test_acc = learn.validate(dl=test_dl(dls, test_set))[1] if test else None
+    n_seen = len(members) * cfg['epochs'] * len(dls.train) * cfg['bs']
     finish_wandb(learn)
-    plain = dict(valid=float(valid_acc), test=None if test_acc is None else float(test_acc))
+    tdl = test_dl(dls, test_set) if test else None
+    each = [dict(valid=score(m, dls.valid), test=score(m, tdl) if test else None) for m in members]
+    plain = dict(valid=score(members, dls.valid), test=score(members, tdl) if test else None)
     if cfg.get('tta'):  # fastai's learn.tta, where the preset says so
-        final = scores(learn, test_set, tta=True) if test else dict(plain, valid=score(learn, dls.valid, tta=True))
+        final = dict(valid=score(members, dls.valid, tta=True), test=score(members, tdl, tta=True) if test else None)
     else: final = plain
+    learn.members = members
     return dict(test_accuracy=final['test'], valid_accuracy=final['valid'], tta=bool(cfg.get('tta')),
-                without_tta=plain, history=hist,
+                without_tta=plain, members=each, history=hist,
                 seconds=round(seconds, 1), images_per_second=round(n_seen / seconds, 1), device=device_name(),
                 computes=speed_summary(learn), torch_threads=torch.get_num_threads(),
                 cpu_cores=os.cpu_count(), versions=versions(), lr=float(lr), weights=learn.weights,
