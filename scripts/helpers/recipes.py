@@ -87,7 +87,11 @@ def get_probs(learn, dl, tta=False, n=4, seed=0):
 def score(learns, dl, tta=False):
     """Accuracy of one learner or of an ensemble (the average of their probabilities) on `dl`."""
     learns = learns if isinstance(learns, (list, tuple)) else [learns]
-    preds = [get_probs(l, dl, tta) for l in learns]
+    return ensemble_accuracy([get_probs(l, dl, tta) for l in learns])
+
+
+def ensemble_accuracy(preds):
+    "Accuracy of the average of `get_probs` results `[(probs, targets), ...]` of models scored on the same data."
     probs, targs = torch.stack([p for p, _ in preds]).mean(0), preds[0][1]
     return (probs.argmax(1) == targs).float().mean().item()
 

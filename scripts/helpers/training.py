@@ -17,7 +17,7 @@ from .arrays import load_arrays, subsample
 from .dataloaders import char_augment, kmnist_dls, test_dl
 from .downloads import install_weights
 from .lr import find_lr, smooth
-from .recipes import EraseStrokes, brush_augment, mixing_callback, score, scores
+from .recipes import EraseStrokes, brush_augment, ensemble_accuracy, get_probs, mixing_callback, score
 from .settings import cpu_has_bf16, device_name, on_gpu, set_seed, use_fp16, versions
 from .tracking import finish_wandb, start_wandb
 
@@ -172,7 +172,7 @@ def load_for(cfg, data=None):
     else: augment = char_augment(cfg['size'], cfg.get('max_warp', 0.1))
     if cfg.get('erase'): augment = augment + [EraseStrokes(p=cfg['erase'])]  # random erasing, one box per image
     dls = kmnist_dls((x, y), classes, valid_pct=cfg['valid_pct'], seed=cfg['seed'], bs=cfg['bs'], size=cfg['size'],
-                     max_warp=cfg.get('max_warp', 0.1), augment=augment)
+                     augment=augment)
     return (x, y), test, classes, dls
 
 
@@ -207,11 +207,12 @@ def run_training(cfg, data=None, log=print, cbs=(), test=True):
     hist = history(learn)  # before validate(), which overwrites the recorder's last values
     n_seen = len(members) * cfg['epochs'] * len(dls.train) * cfg['bs']
     finish_wandb(learn)
-    tdl = test_dl(dls, test_set) if test else None
-    each = [dict(valid=score(m, dls.valid), test=score(m, tdl) if test else None) for m in members]
-    plain = dict(valid=score(members, dls.valid), test=score(members, tdl) if test else None)
+    sets = dict(valid=dls.valid, test=test_dl(dls, test_set) if test else None)
+    preds = {k: [get_probs(m, dl) for m in members] if dl else None for k, dl in sets.items()}  # each model reads each set once
+    each = [{k: ensemble_accuracy([p[i]]) if p else None for k, p in preds.items()} for i in range(len(members))]
+    plain = {k: ensemble_accuracy(p) if p else None for k, p in preds.items()}
     if cfg.get('tta'):  # fastai's learn.tta, where the preset says so
-        final = dict(valid=score(members, dls.valid, tta=True), test=score(members, tdl, tta=True) if test else None)
+        final = {k: score(members, dl, tta=True) if dl else None for k, dl in sets.items()}
     else: final = plain
     learn.members = members
     return dict(test_accuracy=final['test'], valid_accuracy=final['valid'], tta=bool(cfg.get('tta')),
