@@ -171,6 +171,11 @@ def test_presets_recipe_is_on_where_it_says_so(preset, tmp_path, monkeypatch):
         w = [next(m.model.parameters()).detach() for m in learn.members]
         assert not torch.equal(w[0], w[1])
         assert res['without_tta']['valid'] == pytest.approx(h.score(learn.members, learn.dls.valid))
+        for m in learn.members: m.remove_cb(probe)  # one probe serves both members: it would point to the second
+        alone = h.export(learn.members[1], tmp_path / 'alone.pkl').stat().st_size
+        exported = h.export(learn, tmp_path / 'first.pkl')  # the first member only: not the others, nor their data
+        assert not hasattr(h.load_model(exported), 'members') and exported.stat().st_size < 1.2 * alone
+        assert learn.members[0] is learn  # the learner in memory keeps its list
     if cfg.get('tta'):  # the validation and the test set read with augmentation, by every member
         assert res['tta'] and sorted(tta_calls) == [30] * n + [60] * n
     else:

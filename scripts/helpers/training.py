@@ -151,13 +151,18 @@ def pick_lr(cfg, learn):
 
 
 def export(learn, path):
-    """`learn.export` without the W&B callback (fastai's advice: a loaded learner would start W&B again) and without
-    `CPUSpeedups` (what paid on this CPU may not pay where the file is loaded)."""
+    """`learn.export` without the W&B callback (fastai's advice: a loaded learner would start W&B again), without
+    `CPUSpeedups` (what paid on this CPU may not pay where the file is loaded) and without `learn.members` (an
+    ensemble's other learners, which `run_training` lists there: pickled along, they would bring their models and
+    the training data with them)."""
     finish_wandb(learn)
     if any(isinstance(c, CPUSpeedups) for c in learn.cbs): learn.remove_cb(CPUSpeedups)
     path = Path(path).resolve(); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + '.tmp')
-    learn.export(tmp)
+    members = learn.__dict__.pop('members', None)
+    try: learn.export(tmp)
+    finally:
+        if members is not None: learn.members = members
     os.replace(tmp, path)  # a crash never leaves a truncated file under the final name
     return path
 
