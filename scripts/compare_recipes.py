@@ -8,7 +8,16 @@ several seeds each, and compare their validation accuracy with the run-to-run sp
 Each `--vary NAME=VALUE` is one variant: the preset with that setting changed. The preset runs with every seed
 in `--seeds` (their spread is the noise); each variant with `--variant-seeds` (default: the first seed). A variant
 is called better or worse only when its mean differs from the preset's by more than that spread (max - min of the
-preset's seeds); otherwise it is a tie, and the cheaper or simpler recipe should win. Nothing reads the test set."""
+preset's seeds); otherwise it is a tie, and the cheaper or simpler recipe should win. Nothing reads the test set's
+labels. The results file is rewritten after every run (`complete: false` until the verdicts are in), so a long
+comparison that is stopped keeps the runs it finished.
+
+`--valid test-like` validates on the tenth of the training set that looks most like the test set, as notebook 07
+does (adversarial validation: a small CNN learns to tell training from test images, which needs the test images but
+not their labels), once for all runs; the default, `random`, on the preset's random slice:
+
+    python scripts/compare_recipes.py --preset best-cpu --valid test-like --seeds 42 1 2 --vary stroke=0.5 \
+        --variant-seeds 42 1 2 --out results/best-cpu-stroke.json"""
 import argparse, ast, statistics, sys
 
 import helpers as h
@@ -31,24 +40,37 @@ def main(argv=None):
     p.add_argument('--variant-seeds', type=int, nargs='+')
     p.add_argument('--vary', type=setting, action='append', default=[], metavar='NAME=VALUE')
     p.add_argument('--data', help='folder holding the downloaded KMNIST files (default data/kmnist)')
-    p.add_argument('--quick', action='store_true', help="the preset's quick form (2,000 images, one epoch): a check")
+    p.add_argument('--valid', choices=['random', 'test-like'], default='random',
+                   help="the validation images: the preset's random slice, or the tenth most like the test set")
+    p.add_argument('--quick', action='store_true', help="the preset's quick form (2,000 training images, one "
+                                                        'epoch; --valid test-like still validates on 6,000): a check')
     p.add_argument('--out', default='results/compare_recipes.json')
     a = p.parse_args(argv)
     base = h.make_config('kmnist', a.preset, quick=a.quick, wandb='off')
     unknown = [n for n, _ in a.vary if n not in base]
     if unknown: p.error(f"unknown setting {', '.join(unknown)}; a {a.preset} config has {', '.join(base)}")
+    valid_idx, auc = None, None
+    if a.valid == 'test-like':
+        try: (x, _), (x_test, _), _ = h.load_arrays(a.data)
+        except (FileNotFoundError, ValueError) as e: print(f'error: {e}', file=sys.stderr); return 1
+        likeness, auc = h.test_likeness(x, x_test, epochs=1 if a.quick else 2)
+        valid_idx = h.test_like_split(likeness)
+        print(f'test-like validation: {len(valid_idx):,} images; training and test images told apart with '
+              f'ROC AUC {auc:.3f} (0.5: alike)', flush=True)
     plans = [('preset', {}, a.seeds)] + [(f'{n}={v!r}', {n: v}, a.variant_seeds or a.seeds[:1]) for n, v in a.vary]
-    rows = []
+    rows, about = [], dict(preset=a.preset, valid=a.valid, test_like_auc=auc, config=base)
     for name, change, seeds in plans:
         for seed in seeds:
             cfg = {**base, **change, 'seed': seed}
-            try: res, _ = h.run_training(cfg, a.data, log=lambda *_: None, test=False)
+            try: res, _ = h.run_training(cfg, a.data, log=lambda *_: None, test=False, valid_idx=valid_idx)
             except (FileNotFoundError, ValueError, h.DownloadError) as e:
                 print(f'error: {e}', file=sys.stderr); return 1
             rows.append(dict(variant=name, seed=seed, valid_accuracy=res['valid_accuracy'], lr=res['lr'],
-                             seconds=res['seconds'], device=res['device'], computes=res['computes']))
+                             seconds=res['seconds'], n_train=res['n_train'], n_valid=res['n_valid'],
+                             device=res['device'], computes=res['computes']))
             print(f"{name:28s} seed {seed:3d}: valid {res['valid_accuracy']:.4f}, lr {res['lr']:.2e}, "
                   f"{res['seconds']:.0f} s", flush=True)
+            h.write_json(dict(about, complete=False, runs=rows), a.out)
     accs = {name: [r['valid_accuracy'] for r in rows if r['variant'] == name] for name, _, _ in plans}
     secs = {name: statistics.mean(r['seconds'] for r in rows if r['variant'] == name) for name, _, _ in plans}
     spread = max(accs['preset']) - min(accs['preset'])
@@ -62,7 +84,7 @@ def main(argv=None):
                             seconds=secs[name]))
         print(f"{name:28s} mean valid {statistics.mean(accs[name]):.4f}: {d:+.4f} against the preset, {verdict}; "
               f"{secs[name]:.0f} s against {secs['preset']:.0f} s")
-    h.write_json(dict(preset=a.preset, spread=spread, mean=ref, runs=rows, variants=summary, config=base,
+    h.write_json(dict(about, complete=True, spread=spread, mean=ref, runs=rows, variants=summary,
                       versions=h.versions(), device=h.device_name()), a.out)
     print(f'Results: {a.out}')
     return 0

@@ -70,7 +70,8 @@ def main(argv=None):
     else:
         cfg = h.make_config(a.dataset, preset, quick=a.quick, epochs=a.epochs, size=a.size, **common)
         n = cfg.get('ensemble', 1)
-        extras = [('brush augmentation', cfg.get('augment') == 'brush'), ('random erasing', cfg.get('erase')),
+        extras = [('brush augmentation', cfg.get('augment') == 'brush'),
+                  ('thicker or thinner strokes', cfg.get('stroke')), ('random erasing', cfg.get('erase')),
                   (cfg.get('mix'), cfg.get('mix')), ('label smoothing', cfg.get('label_smoothing')),
                   ('test-time augmentation', cfg.get('tta'))]
         what = ', '.join([f"{cfg['epochs']} epochs" + (f' x {n} models (an ensemble)' if n > 1 else '')] +

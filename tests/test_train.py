@@ -210,11 +210,37 @@ def test_compare_recipes_chooses_on_validation_only(kmnist_data, tmp_path, monke
                                                              ('label_smoothing=False', 42)]
     accs = [x['valid_accuracy'] for x in r['runs'][:2]]
     assert r['spread'] == pytest.approx(max(accs) - min(accs)) and r['mean'] == pytest.approx(sum(accs) / 2)
+    assert r['complete'] and r['valid'] == 'random' and r['test_like_auc'] is None
     for v, run in zip(r['variants'], r['runs'][2:]):
         d = run['valid_accuracy'] - r['mean']
         assert v['difference'] == pytest.approx(d)
         assert v['verdict'] == ('tie (within the spread)' if abs(d) <= r['spread'] else 'better' if d > 0 else 'worse')
     assert 'spread (max - min)' in capsys.readouterr().out
+
+
+def test_compare_recipes_can_validate_on_the_test_like_tenth(kmnist_data, tmp_path, monkeypatch):
+    "`--valid test-like`: the likeness is computed once, and every run validates on the images most like the test set."
+    import compare_recipes
+    def no_test(*a, **k): raise AssertionError('compare_recipes must not read the test set')
+    monkeypatch.setattr(h.training, 'test_dl', no_test)
+    monkeypatch.setattr(h.recipes, 'test_dl', no_test)
+    (x, _), (x_test, _), _ = h.load_arrays(kmnist_data)
+    likeness = np.random.default_rng(0).random(len(x))
+    calls, seen = [], []
+    def fake_likeness(a, b, epochs): calls.append((len(a), len(b), epochs)); return likeness, 0.66
+    monkeypatch.setattr(h, 'test_likeness', fake_likeness)
+    real = h.training.kmnist_dls
+    monkeypatch.setattr(h.training, 'kmnist_dls', lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    out = tmp_path / 'c.json'
+    assert compare_recipes.main(['--data', str(kmnist_data), '--preset', 'best-cpu', '--quick', '--seeds', '42', '1',
+                                 '--vary', 'stroke=0.5', '--valid', 'test-like', '--out', str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert calls == [(len(x), len(x_test), 1)] and r['valid'] == 'test-like' and r['test_like_auc'] == 0.66
+    most_like = x[np.sort(np.argsort(-likeness)[:len(x) // 10])]
+    assert len(seen) == 3 and all(np.array_equal(d.valid_ds.x.numpy(), most_like) for d in seen)
+    assert [run['n_valid'] for run in r['runs']] == [len(x) // 10] * 3
+    assert any(isinstance(t, h.StrokeWidth) for t in seen[2].train.after_batch.fs)  # the variant's recipe
+    assert not any(isinstance(t, h.StrokeWidth) for t in seen[0].train.after_batch.fs)
 
 
 def test_compare_recipes_rejects_an_unknown_setting(tmp_path, capsys):

@@ -17,7 +17,7 @@ from .arrays import load_arrays, subsample
 from .dataloaders import char_augment, kmnist_dls, test_dl
 from .downloads import install_weights
 from .lr import find_lr, smooth
-from .recipes import EraseStrokes, brush_augment, ensemble_accuracy, get_probs, mixing_callback, score
+from .recipes import EraseStrokes, StrokeWidth, brush_augment, ensemble_accuracy, get_probs, mixing_callback, score
 from .settings import cpu_has_bf16, device_name, on_gpu, set_seed, use_fp16, versions
 from .tracking import finish_wandb, start_wandb
 
@@ -167,17 +167,28 @@ def export(learn, path):
     return path
 
 
-def load_for(cfg, data=None):
-    "A config's data: `(train, test, classes, dls)`, subsampled as the preset says, seeded."
+def load_for(cfg, data=None, valid_idx=None):
+    """A config's data: `(train, test, classes, dls)`, subsampled as the preset says, seeded. `valid_idx` (indices
+    into the whole training set, such as `validation.test_like_split`'s) chooses the validation images instead of a
+    random `valid_pct`; `n_train` then subsamples only the images left for training."""
     set_seed(cfg['seed'])
     (x, y), test, classes = load_arrays(data, dataset=cfg['dataset'])
-    if cfg.get('n_train'): x, y = subsample(x, y, cfg['n_train'], cfg['seed'])
+    if valid_idx is not None:
+        valid_idx = np.unique(valid_idx)
+        if len(valid_idx) and (valid_idx[0] < 0 or valid_idx[-1] >= len(x)):
+            raise ValueError(f'valid_idx must index the {len(x):,} training images (0 to {len(x) - 1})')
+        rest = np.setdiff1d(np.arange(len(x)), valid_idx)
+        if cfg.get('n_train'): rest = subsample(rest, rest, cfg['n_train'], cfg['seed'])[0]
+        keep = np.r_[valid_idx, rest]
+        (x, y), valid_idx = (x[keep], y[keep]), np.arange(len(valid_idx))
+    elif cfg.get('n_train'): x, y = subsample(x, y, cfg['n_train'], cfg['seed'])
     if cfg.get('n_test'): test = subsample(*test, cfg['n_test'], cfg['seed'])
     if cfg.get('augment') == 'brush': augment = brush_augment(cfg['size'], erase=0)
     else: augment = char_augment(cfg['size'], cfg.get('max_warp', 0.1))
+    if cfg.get('stroke'): augment = augment + [StrokeWidth(p=cfg['stroke'])]  # thicker or thinner strokes
     if cfg.get('erase'): augment = augment + [EraseStrokes(p=cfg['erase'])]  # random erasing, one box per image
     dls = kmnist_dls((x, y), classes, valid_pct=cfg['valid_pct'], seed=cfg['seed'], bs=cfg['bs'], size=cfg['size'],
-                     augment=augment)
+                     augment=augment, valid_idx=valid_idx)
     return (x, y), test, classes, dls
 
 
@@ -187,15 +198,16 @@ def history(learn):
     return [{'epoch': i, **{n: float(v) for n, v in zip(names, vals)}} for i, vals in enumerate(learn.recorder.values)]
 
 
-def run_training(cfg, data=None, log=print, cbs=(), test=True):
+def run_training(cfg, data=None, log=print, cbs=(), test=True, valid_idx=None):
     """Train once from a config (see `make_config`) and return the results: test and validation accuracy (with
     test-time augmentation if the preset says so, and without), per-epoch history, wall time, images/s, device,
     library versions and the config. What `scripts/train.py` runs. `cbs`: more callbacks for the learner.
     `test=False` never reads the test set (its accuracies are None): for choosing between recipes.
     `cfg['ensemble'] = n` (default 1) trains n models alike but for their seeds (seed, seed+1, ...) on the same data
     and scores the average of their probabilities; `seconds` is their training time together, `members` their
-    scores one by one. The learner returned is the first member; `learn.members` lists them all."""
-    (x, y), test_set, classes, dls = load_for(cfg, data)
+    scores one by one. The learner returned is the first member; `learn.members` lists them all. `valid_idx`: the
+    validation images, as `load_for` takes them."""
+    (x, y), test_set, classes, dls = load_for(cfg, data, valid_idx)
     cb = start_wandb(cfg['wandb'], config=cfg, name=f"{cfg['dataset']}-{cfg['preset']}-{cfg['arch']}-bs{cfg['bs']}")
     members, seconds, lr = [], 0., None
     for i in range(cfg.get('ensemble', 1)):
