@@ -96,9 +96,6 @@ def test_load_for_validates_on_the_images_it_is_given(tmp_path):
         h.load_for(cfg, tmp_path / 'kmnist', valid_idx=np.array([-1, 5]))
 
 
-
-
-
 def test_set_split_idx_switches_augmentation_on_and_back():
     (x, y), _ = synthetic_kmnist(64, 1)
     dls = h.kmnist_dls((x, y), CHARS, bs=16, device='cpu', augment=h.brush_augment())
