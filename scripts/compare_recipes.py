@@ -5,7 +5,8 @@ several seeds each, and compare their validation accuracy with the run-to-run sp
     python scripts/compare_recipes.py --preset cpu --seeds 42 1 2 --vary lr=1e-2 --vary label_smoothing=False \\
         --vary max_warp=0.1 --out results/cpu-preset-choice.json
 
-Each `--vary NAME=VALUE` is one variant: the preset with that setting changed. The preset runs with every seed
+Each `--vary NAME=VALUE` is one variant: the preset with that setting changed. `--set NAME=VALUE` changes the
+preset itself for every run (to repeat a comparison made before the preset changed). The preset runs with every seed
 in `--seeds` (their spread is the noise); each variant with `--variant-seeds` (default: the first seed). A variant
 is called better or worse only when its mean differs from the preset's by more than that spread (max - min of the
 preset's seeds); otherwise it is a tie, and the cheaper or simpler recipe should win. Nothing reads the test set's
@@ -16,8 +17,10 @@ comparison that is stopped keeps the runs it finished.
 does (adversarial validation: a small CNN learns to tell training from test images, which needs the test images but
 not their labels), once for all runs; the default, `random`, on the preset's random slice:
 
-    python scripts/compare_recipes.py --preset best-cpu --valid test-like --seeds 42 1 2 --vary stroke=0.5 \
-        --variant-seeds 42 1 2 --out results/best-cpu-stroke.json"""
+    python scripts/compare_recipes.py --preset best-cpu --set stroke=0.0 --valid test-like --seeds 42 1 2 \
+        --vary stroke=0.5 --variant-seeds 42 1 2 --out results/best-cpu-stroke.json
+
+(`best-cpu` had no stroke width when that ran; notebook 07 then took it in, so `--set stroke=0.0` repeats it.)"""
 import argparse, ast, statistics, sys
 
 import helpers as h
@@ -39,6 +42,8 @@ def main(argv=None):
     p.add_argument('--seeds', type=int, nargs='+', default=[42, 1, 2])
     p.add_argument('--variant-seeds', type=int, nargs='+')
     p.add_argument('--vary', type=setting, action='append', default=[], metavar='NAME=VALUE')
+    p.add_argument('--set', type=setting, action='append', default=[], metavar='NAME=VALUE',
+                   help='change the preset itself, for every run')
     p.add_argument('--data', help='folder holding the downloaded KMNIST files (default data/kmnist)')
     p.add_argument('--valid', choices=['random', 'test-like'], default='random',
                    help="the validation images: the preset's random slice, or the tenth most like the test set")
@@ -47,8 +52,9 @@ def main(argv=None):
     p.add_argument('--out', default='results/compare_recipes.json')
     a = p.parse_args(argv)
     base = h.make_config('kmnist', a.preset, quick=a.quick, wandb='off')
-    unknown = [n for n, _ in a.vary if n not in base]
+    unknown = [n for n, _ in a.vary + a.set if n not in base]
     if unknown: p.error(f"unknown setting {', '.join(unknown)}; a {a.preset} config has {', '.join(base)}")
+    base.update(a.set)
     valid_idx, auc = None, None
     if a.valid == 'test-like':
         try: (x, _), (x_test, _), _ = h.load_arrays(a.data)

@@ -233,14 +233,16 @@ def test_compare_recipes_can_validate_on_the_test_like_tenth(kmnist_data, tmp_pa
     monkeypatch.setattr(h.training, 'kmnist_dls', lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
     out = tmp_path / 'c.json'
     assert compare_recipes.main(['--data', str(kmnist_data), '--preset', 'best-cpu', '--quick', '--seeds', '42', '1',
-                                 '--vary', 'stroke=0.5', '--valid', 'test-like', '--out', str(out)]) == 0
+                                 '--set', 'stroke=0.0', '--vary', 'stroke=0.5', '--valid', 'test-like',
+                                 '--out', str(out)]) == 0
     r = json.loads(out.read_text())
     assert calls == [(len(x), len(x_test), 1)] and r['valid'] == 'test-like' and r['test_like_auc'] == 0.66
     most_like = x[np.sort(np.argsort(-likeness)[:len(x) // 10])]
     assert len(seen) == 3 and all(np.array_equal(d.valid_ds.x.numpy(), most_like) for d in seen)
     assert [run['n_valid'] for run in r['runs']] == [len(x) // 10] * 3
     assert any(isinstance(t, h.StrokeWidth) for t in seen[2].train.after_batch.fs)  # the variant's recipe
-    assert not any(isinstance(t, h.StrokeWidth) for t in seen[0].train.after_batch.fs)
+    assert not any(isinstance(t, h.StrokeWidth) for d in seen[:2] for t in d.train.after_batch.fs)  # --set: the preset's
+    assert r['config']['stroke'] == 0.0 and h.make_config('kmnist', 'best-cpu')['stroke'] > 0      # own is changed
 
 
 def test_compare_recipes_rejects_an_unknown_setting(tmp_path, capsys):
@@ -248,3 +250,6 @@ def test_compare_recipes_rejects_an_unknown_setting(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         compare_recipes.main(['--vary', 'warp=0.1', '--out', str(tmp_path / 'x.json')])
     assert e.value.code == 2 and 'unknown setting warp' in capsys.readouterr().err and not (tmp_path / 'x.json').exists()
+    with pytest.raises(SystemExit) as e:
+        compare_recipes.main(['--set', 'strokes=0.5', '--out', str(tmp_path / 'x.json')])
+    assert e.value.code == 2 and 'unknown setting strokes' in capsys.readouterr().err
