@@ -246,9 +246,18 @@ def test_07_beyond_the_article(nb_env):
                   r'margin needed ([\d.]+)%: (the ensemble|the one model)', ens)
     assert m and float(m[4]) == spread and (m[5] == 'the ensemble') == (float(m[3]) > spread), ens  # ... and its rival has theirs
     final = text(nb, 'final')
-    assert re.search(r'the chosen recipe: erase=.+ensemble=[12], epochs=[12]$', final, re.M), final
+    # stroke width: judged at full size by compare_recipes.py; the notebook reads its committed file and applies the rule
+    assert len(images(nb, 'stroke-show')) == 1
+    stroke = text(nb, 'stroke')
+    assert re.search(r'6 runs of 20 epochs on 54,000 images, validated on 6,000 test-like images', stroke), stroke
+    m = re.search(r'mean ([\d.]+)%, spread ([\d.]+)%\nwith StrokeWidth\(p=0\.5\): .+; mean ([\d.]+)%\n'
+                  r'([+-][\d.]+)%, margin needed ([\d.]+)%: (keep it|a tie: leave it out|leave it out.*)$', stroke, re.M)
+    assert m and m[2] == m[5] and abs(float(m[3]) - float(m[1]) - float(m[4])) < 0.011, stroke
+    assert (m[6] == 'keep it') == (float(m[4]) > float(m[5]) and 'another recipe' not in m[6]), stroke
+    assert re.search(r'the chosen recipe: erase=.+ensemble=[12], epochs=[12], stroke=' +
+                     ('0.5' if m[6] == 'keep it' else '0.0') + '$', final, re.M), final
     assert re.search(r'model\(s\) of [12] epochs on \d+ images: validation [\d.]+% on a random slice', final), final
-    for tag in ('so-far', 'tta', 'ensemble', 'final'):  # no test score before the table
+    for tag in ('so-far', 'tta', 'ensemble', 'stroke', 'final'):  # no test score before the table
         assert 'test' not in text(nb, tag).replace('test-like', ''), tag
     html = ''.join(o.get('data', {}).get('text/html', '') for o in cell(nb, 'table').outputs)
     for name in ('baseline: notebook 04', 'baseline, test-like validation', 'judging baseline, seed 1', '+ random erasing',

@@ -191,8 +191,13 @@ def test_committed_07_chose_the_best_cpu_preset_by_its_own_rule():
     ens = re.search(r'([+-][\d.]+)%, margin needed [\d.]+%: (the ensemble|the one model)', out['ensemble'])
     assert f'members: 2 models of {budget // 2}, {budget // 2} epochs' in out['ensemble']
     assert f'one model, {budget} epochs' in out['ensemble']
+    stroke = re.search(r'([+-][\d.]+)%, margin needed ([\d.]+)%: (keep it|a tie: leave it out|leave it out.*)$',
+                       out['stroke'], re.M)  # judged at full size (results/best-cpu-stroke.json), three seeds each
+    assert '6 runs of 20 epochs on 54,000 images' in out['stroke']
+    assert (stroke[3] == 'keep it') == (float(stroke[1]) > float(stroke[2])), out['stroke']
+    assert (cfg['stroke'] > 0) == (stroke[3] == 'keep it')
     chosen = dict(erase=cfg['erase'], augment=cfg['augment'], mix=cfg['mix'], tta=cfg['tta'], ensemble=cfg['ensemble'],
-                  epochs=cfg['epochs'])
+                  epochs=cfg['epochs'], stroke=cfg['stroke'])
     assert 'the chosen recipe: ' + ', '.join(f'{k}={v}' for k, v in chosen.items()) in out['final']
     assert bool(cfg['erase']) == kept['erase'] and (cfg['augment'] == 'brush') == kept['augment']
     assert bool(cfg['mix']) == kept['mix'] and cfg['tta'] == (tta[2] == 'use it')

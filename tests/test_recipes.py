@@ -187,8 +187,8 @@ def test_presets_recipe_is_on_where_it_says_so(preset, tmp_path, monkeypatch):
     cfg = h.make_config('kmnist', preset.split(',')[0], quick=True, wandb='off', pretrained=False,
                         ensemble=2 if 'ensemble' in preset else None, erase=0.5 if 'erasing' in preset else None,
                         stroke=0.5 if 'strokes' in preset else None)
-    # (no preset uses an ensemble, random erasing or stroke width: notebook 07 left the first two out, the third is
-    # not yet judged; a config may)
+    # (no preset uses an ensemble or random erasing: notebook 07 left them out; a config may. best-cpu uses stroke
+    # width, and the parametrisation checks it there)
     tta_calls = []
     orig_tta = Learner.tta
     monkeypatch.setattr(Learner, 'tta', lambda self, **kw: tta_calls.append(len(kw['dl'].dataset)) or orig_tta(self, **kw))
