@@ -63,6 +63,19 @@ def test_wandb_callback_trains_offline_and_export_drops_it(no_wandb_login, tmp_p
     assert not any(isinstance(c, WandbCallback) for c in load_learner(tmp_path / 'm.pkl').cbs)
 
 
+def test_a_seed_trains_the_same_model_with_wandb_logging_or_without(no_wandb_login, tmp_path):
+    "fastai's WandbCallback draws from the random generators in before_fit; ours leaves them as it found them."
+    import torch
+    weights = []
+    for mode in ('off', 'offline'):
+        h.set_seed(42)
+        learn = _tiny_learner(cbs=h.start_wandb(mode, dir=tmp_path))
+        learn.fit(1, 1e-2)
+        h.finish_wandb(learn)
+        weights.append(torch.cat([p.detach().flatten() for p in learn.model.parameters()]))
+    assert torch.equal(*weights)
+
+
 def test_wandb_online_without_login_falls_back_to_offline(no_wandb_login, tmp_path, capsys):
     cb = h.start_wandb('online', dir=tmp_path)
     assert cb is not None and 'not logged in' in capsys.readouterr().out

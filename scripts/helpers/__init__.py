@@ -34,7 +34,7 @@ from .dataloaders import (ArrayDataset, ArrayDL, benchmark_loader, char_augment,
                           kmnist_dls, test_dl)
 from .plots import class_counts, file_table, japanese_font, label_name, plot_class_balance, show_examples
 from .lr import RawLossRecorder, article_rule, find_lr, plot_lr_find, smooth
-from .tracking import finish_wandb, start_wandb, wandb_logged_in
+from .tracking import SeededWandbCallback, finish_wandb, start_wandb, wandb_logged_in
 from .presets import CALLIGRAPHY_PRESETS, PRESETS, auto_preset, make_config
 from .recipes import (ElasticWarp, EraseStrokes, StrokeWidth, brush_augment, get_probs, hard_cases, mixing_callback,
                       plot_hard_cases, score, scores)
