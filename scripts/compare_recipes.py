@@ -17,7 +17,7 @@ comparison that is stopped keeps the runs it finished.
 does (adversarial validation: a small CNN learns to tell training from test images, which needs the test images but
 not their labels), once for all runs; the default, `random`, on the preset's random slice:
 
-    python scripts/compare_recipes.py --preset best-cpu --set stroke=0.0 --valid test-like --seeds 42 1 2 \
+    python scripts/compare_recipes.py --preset best-cpu --set stroke=0.0 --valid test-like --seeds 42 1 2 \\
         --vary stroke=0.5 --variant-seeds 42 1 2 --out results/best-cpu-stroke.json
 
 (`best-cpu` had no stroke width when that ran; notebook 07 then took it in, so `--set stroke=0.0` repeats it.)"""
@@ -53,6 +53,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     base = h.make_config('kmnist', a.preset, quick=a.quick, wandb='off')
     unknown = [n for n, _ in a.vary + a.set if n not in base]
+    if any(n == 'seed' for n, _ in a.set): p.error('--set seed=... would be replaced by --seeds; give the seeds there')
     if unknown: p.error(f"unknown setting {', '.join(unknown)}; a {a.preset} config has {', '.join(base)}")
     base.update(a.set)
     valid_idx, auc = None, None
@@ -64,7 +65,7 @@ def main(argv=None):
         print(f'test-like validation: {len(valid_idx):,} images; training and test images told apart with '
               f'ROC AUC {auc:.3f} (0.5: alike)', flush=True)
     plans = [('preset', {}, a.seeds)] + [(f'{n}={v!r}', {n: v}, a.variant_seeds or a.seeds[:1]) for n, v in a.vary]
-    rows, about = [], dict(preset=a.preset, valid=a.valid, test_like_auc=auc, config=base)
+    rows, about = [], dict(preset=a.preset, set=dict(a.set), valid=a.valid, test_like_auc=auc, config=base)
     for name, change, seeds in plans:
         for seed in seeds:
             cfg = {**base, **change, 'seed': seed}

@@ -70,8 +70,8 @@ def test_a_seed_trains_the_same_model_with_wandb_logging_or_without(no_wandb_log
     for mode in ('off', 'offline'):
         h.set_seed(42)
         learn = _tiny_learner(cbs=h.start_wandb(mode, dir=tmp_path))
-        learn.fit(1, 1e-2)
-        h.finish_wandb(learn)
+        try: learn.fit(1, 1e-2)
+        finally: h.finish_wandb(learn)
         weights.append(torch.cat([p.detach().flatten() for p in learn.model.parameters()]))
     assert torch.equal(*weights)
 
@@ -256,6 +256,7 @@ def test_compare_recipes_can_validate_on_the_test_like_tenth(kmnist_data, tmp_pa
     assert any(isinstance(t, h.StrokeWidth) for t in seen[2].train.after_batch.fs)  # the variant's recipe
     assert not any(isinstance(t, h.StrokeWidth) for d in seen[:2] for t in d.train.after_batch.fs)  # --set: the preset's
     assert r['config']['stroke'] == 0.0 and h.make_config('kmnist', 'best-cpu')['stroke'] > 0      # own is changed
+    assert r['set'] == {'stroke': 0.0}
 
 
 def test_compare_recipes_rejects_an_unknown_setting(tmp_path, capsys):
@@ -266,3 +267,6 @@ def test_compare_recipes_rejects_an_unknown_setting(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         compare_recipes.main(['--set', 'strokes=0.5', '--out', str(tmp_path / 'x.json')])
     assert e.value.code == 2 and 'unknown setting strokes' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        compare_recipes.main(['--set', 'seed=1', '--out', str(tmp_path / 'x.json')])
+    assert e.value.code == 2 and 'give the seeds there' in capsys.readouterr().err

@@ -24,16 +24,18 @@ def wandb_logged_in() -> bool:
 
 class SeededWandbCallback(WandbCallback):
     """fastai's `WandbCallback`, except that its `before_fit` leaves the random generators as it found them. fastai's
-    records the learner's settings there (`Learner.gather_args`), and that draws a validation batch, whose random
-    transforms draw from Python's generator even when they leave validation images alone. So one seed trained two
-    different models, with W&B logging and without: `train.py --preset best-cpu --quick` gave 32.8% test accuracy
-    with `--wandb offline` and 26.0% with `--wandb off`, each the same twice. Ours because a seed should mean one
-    model whether W&B watches or not (fastai moved that batch from the training set to the validation set for the
-    same reason, fastai pull request 3512, but the validation batch still draws)."""
+    records the learner's settings there (`Learner.gather_args`), and that draws a validation batch: iterating a
+    DataLoader takes a seed from PyTorch's generator, and some validation transforms (a warp) draw from it too. So
+    one seed trained two different models, with W&B logging and without: `train.py --preset best-cpu --quick` gave
+    32.8% test accuracy with `--wandb offline` and 26.0% with `--wandb off`, each the same twice. Ours because a
+    seed should mean one model whether W&B watches or not (fastai moved that batch from the training set to the
+    validation set for a like reason, fastai pull request 3512). Only `before_fit` is guarded: with
+    `log_preds=True` fastai also predicts on a validation sample every epoch (`start_wandb` leaves it off)."""
     def before_fit(self):
         state = random.getstate(), np.random.get_state()
-        try:
-            with torch.random.fork_rng(): super().before_fit()
+        try:  # PyTorch's generator on the CPU, and on the GPU in use (not on every GPU: that would start them all)
+            with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+                super().before_fit()
         finally: random.setstate(state[0]); np.random.set_state(state[1])
 
 
