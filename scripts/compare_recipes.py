@@ -20,8 +20,19 @@ not their labels), once for all runs; the default, `random`, on the preset's ran
     python scripts/compare_recipes.py --preset best-cpu --set stroke=0.0 --valid test-like --seeds 42 1 2 \\
         --vary stroke=0.5 --variant-seeds 42 1 2 --out results/best-cpu-stroke.json
 
-(`best-cpu` had no stroke width when that ran; notebook 07 then took it in, so `--set stroke=0.0` repeats it.)"""
-import argparse, ast, statistics, sys
+(`best-cpu` had no stroke width when that ran; notebook 07 then took it in, so `--set stroke=0.0` repeats it.)
+
+A variant may change several settings at once: `--vary "epochs=10 ensemble=2"`. `--reuse FILE ...` takes a run from
+earlier results files instead of training it again, where one was made with the same config (seed included) on the
+same validation images, so a new variant can be judged against the preset's seeds without retraining them:
+
+    python scripts/compare_recipes.py --preset best-cpu --valid test-like --seeds 42 1 2 \
+        --vary "epochs=10 ensemble=2" --variant-seeds 42 1 2 --reuse results/best-cpu-stroke.json
+
+A reused run is marked with the file it came from. Reuse only files made by the same code and libraries: a file
+records the libraries' versions, not the code."""
+import argparse, ast, json, statistics, sys
+from pathlib import Path
 
 import helpers as h
 
@@ -35,13 +46,39 @@ def setting(s):
     return name, value
 
 
+def variant(s):
+    "One variant's settings: NAME=VALUE, or several separated by spaces ('epochs=10 ensemble=2'), as a dict."
+    if not s.split(): raise argparse.ArgumentTypeError('expected NAME=VALUE, such as lr=1e-2, not an empty string')
+    return dict(setting(part) for part in s.split())
+
+
+def label(change): return ' '.join(f'{n}={v!r}' for n, v in change.items()) or 'preset'
+
+
+def key(cfg): return json.dumps(cfg, sort_keys=True, default=str)
+
+
+def earlier_runs(files, valid, auc):
+    """The runs of earlier results files that validated on the same images, keyed by their whole config (the file's
+    config with the run's variant and seed on top), each marked with its file."""
+    found = {}
+    for f in files:
+        r = json.loads(Path(f).read_text(encoding='utf-8'))
+        if r.get('valid') != valid or (valid == 'test-like' and r.get('test_like_auc') != auc): continue
+        for row in r['runs']:
+            change = row.get('change', {} if row['variant'] == 'preset' else variant(row['variant']))
+            found.setdefault(key({**r['config'], **change, 'seed': row['seed']}), {**row, 'reused_from': str(f)})
+    return found
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0], epilog=__doc__.split('\n', 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--preset', default='cpu', choices=list(h.PRESETS))
     p.add_argument('--seeds', type=int, nargs='+', default=[42, 1, 2])
     p.add_argument('--variant-seeds', type=int, nargs='+')
-    p.add_argument('--vary', type=setting, action='append', default=[], metavar='NAME=VALUE')
+    p.add_argument('--vary', type=variant, action='append', default=[], metavar='NAME=VALUE',
+                   help='a variant: one setting changed, or several ("epochs=10 ensemble=2")')
     p.add_argument('--set', type=setting, action='append', default=[], metavar='NAME=VALUE',
                    help='change the preset itself, for every run')
     p.add_argument('--data', help='folder holding the downloaded KMNIST files (default data/kmnist)')
@@ -49,10 +86,13 @@ def main(argv=None):
                    help="the validation images: the preset's random slice, or the tenth most like the test set")
     p.add_argument('--quick', action='store_true', help="the preset's quick form (2,000 training images, one "
                                                         'epoch; --valid test-like still validates on 6,000): a check')
+    p.add_argument('--reuse', nargs='+', default=[], metavar='FILE',
+                   help='earlier results files: a run made there with the same config and validation images is '
+                        'taken from there instead of trained again')
     p.add_argument('--out', default='results/compare_recipes.json')
     a = p.parse_args(argv)
     base = h.make_config('kmnist', a.preset, quick=a.quick, wandb='off')
-    unknown = [n for n, _ in a.vary + a.set if n not in base]
+    unknown = [n for n in [n for v in a.vary for n in v] + [n for n, _ in a.set] if n not in base]
     if any(n == 'seed' for n, _ in a.set): p.error('--set seed=... would be replaced by --seeds; give the seeds there')
     if unknown: p.error(f"unknown setting {', '.join(unknown)}; a {a.preset} config has {', '.join(base)}")
     base.update(a.set)
@@ -64,16 +104,24 @@ def main(argv=None):
         valid_idx = h.test_like_split(likeness)
         print(f'test-like validation: {len(valid_idx):,} images; training and test images told apart with '
               f'ROC AUC {auc:.3f} (0.5: alike)', flush=True)
-    plans = [('preset', {}, a.seeds)] + [(f'{n}={v!r}', {n: v}, a.variant_seeds or a.seeds[:1]) for n, v in a.vary]
+    try: earlier = earlier_runs(a.reuse, a.valid, auc)
+    except (OSError, ValueError, KeyError, argparse.ArgumentTypeError) as e:
+        print(f'error: --reuse: {e}: give results files written by compare_recipes.py', file=sys.stderr); return 1
+    plans = [('preset', {}, a.seeds)] + [(label(v), v, a.variant_seeds or a.seeds[:1]) for v in a.vary]
     rows, about = [], dict(preset=a.preset, set=dict(a.set), valid=a.valid, test_like_auc=auc, config=base)
     for name, change, seeds in plans:
         for seed in seeds:
             cfg = {**base, **change, 'seed': seed}
+            if key(cfg) in earlier:
+                rows.append({**earlier[key(cfg)], 'variant': name, 'change': change})
+                print(f"{name:28s} seed {seed:3d}: valid {rows[-1]['valid_accuracy']:.4f}, from "
+                      f"{rows[-1]['reused_from']}", flush=True)
+                continue
             try: res, _ = h.run_training(cfg, a.data, log=lambda *_: None, test=False, valid_idx=valid_idx)
             except (FileNotFoundError, ValueError, h.DownloadError) as e:
                 print(f'error: {e}', file=sys.stderr); return 1
-            rows.append(dict(variant=name, seed=seed, valid_accuracy=res['valid_accuracy'], lr=res['lr'],
-                             seconds=res['seconds'], n_train=res['n_train'], n_valid=res['n_valid'],
+            rows.append(dict(variant=name, change=change, seed=seed, valid_accuracy=res['valid_accuracy'],
+                             lr=res['lr'], seconds=res['seconds'], n_train=res['n_train'], n_valid=res['n_valid'],
                              device=res['device'], computes=res['computes']))
             print(f"{name:28s} seed {seed:3d}: valid {res['valid_accuracy']:.4f}, lr {res['lr']:.2e}, "
                   f"{res['seconds']:.0f} s", flush=True)

@@ -270,3 +270,32 @@ def test_compare_recipes_rejects_an_unknown_setting(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         compare_recipes.main(['--set', 'seed=1', '--out', str(tmp_path / 'x.json')])
     assert e.value.code == 2 and 'give the seeds there' in capsys.readouterr().err
+
+
+def test_compare_recipes_reuses_earlier_runs_and_varies_several_settings(kmnist_data, tmp_path, monkeypatch, capsys):
+    """`--reuse`: a run made before with the same config on the same validation images is read, not trained again;
+    `--vary "A=1 B=2"` is one variant with two settings changed."""
+    import compare_recipes
+    first, second = tmp_path / 'first.json', tmp_path / 'second.json'
+    common = ['--data', str(kmnist_data), '--quick', '--seeds', '42', '1']
+    assert compare_recipes.main(common + ['--vary', 'max_warp=0.1', '--out', str(first)]) == 0
+    trained, real = [], h.run_training
+    monkeypatch.setattr(h, 'run_training', lambda cfg, *a, **k: trained.append(dict(cfg)) or real(cfg, *a, **k))
+    assert compare_recipes.main(common + ['--vary', 'max_warp=0.1 label_smoothing=False', '--vary', 'max_warp=0.1',
+                                          '--reuse', str(first), '--out', str(second)]) == 0
+    assert [(c['max_warp'], c['label_smoothing'], c['seed']) for c in trained] == [(0.1, False, 42)]  # the new one only
+    old, new = json.loads(first.read_text()), json.loads(second.read_text())
+    assert [(r['variant'], r['seed']) for r in new['runs']] == [
+        ('preset', 42), ('preset', 1), ('max_warp=0.1 label_smoothing=False', 42), ('max_warp=0.1', 42)]
+    reused = [r for r in new['runs'] if 'reused_from' in r]
+    assert [r['valid_accuracy'] for r in reused] == [r['valid_accuracy'] for r in old['runs']]
+    assert all(r['reused_from'] == str(first) for r in reused) and new['mean'] == pytest.approx(old['mean'])
+    assert new['runs'][2]['change'] == {'max_warp': 0.1, 'label_smoothing': False}
+    assert 'from ' + str(first) in capsys.readouterr().out
+    # Other validation images: nothing is reused. A file that is not a results file: one clear line.
+    (tmp_path / 'other.json').write_text(json.dumps({**old, 'valid': 'test-like', 'test_like_auc': 0.7}))
+    assert compare_recipes.earlier_runs([tmp_path / 'other.json'], 'random', None) == {}
+    (tmp_path / 'bad.json').write_text('{"valid": "random"}')
+    assert compare_recipes.main(common + ['--reuse', str(tmp_path / 'bad.json'), '--out', str(tmp_path / 'x.json')]) == 1
+    assert 'give results files written by compare_recipes.py' in capsys.readouterr().err
+    assert not (tmp_path / 'x.json').exists()
