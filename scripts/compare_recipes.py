@@ -26,11 +26,14 @@ A variant may change several settings at once: `--vary "epochs=10 ensemble=2"`. 
 earlier results files instead of training it again, where one was made with the same config (seed included) on the
 same validation images, so a new variant can be judged against the preset's seeds without retraining them:
 
-    python scripts/compare_recipes.py --preset best-cpu --valid test-like --seeds 42 1 2 \
-        --vary "epochs=10 ensemble=2" --variant-seeds 42 1 2 --reuse results/best-cpu-stroke.json
+    python scripts/compare_recipes.py --preset best-cpu --valid test-like --seeds 42 1 2 \\
+        --vary "epochs=10 ensemble=2" --variant-seeds 42 1 2 --reuse results/best-cpu-stroke.json \\
+        --out results/best-cpu-ensemble.json
 
-A reused run is marked with the file it came from. Reuse only files made by the same code and libraries: a file
-records the libraries' versions, not the code."""
+A reused run is marked with the file it was first written to, and a file that validated on other images is skipped
+with a line that says so (with `--valid test-like`, the likeness model must score alike, which holds on the same
+machine and libraries). Reuse only files made by the same code: a file records the libraries' versions, not the
+code."""
 import argparse, ast, json, statistics, sys
 from pathlib import Path
 
@@ -58,16 +61,38 @@ def label(change): return ' '.join(f'{n}={v!r}' for n, v in change.items()) or '
 def key(cfg): return json.dumps(cfg, sort_keys=True, default=str)
 
 
-def earlier_runs(files, valid, auc):
-    """The runs of earlier results files that validated on the same images, keyed by their whole config (the file's
-    config with the run's variant and seed on top), each marked with its file."""
-    found = {}
+def read_results(files):
+    """Earlier results files as `[(file, contents)]`, each checked to be one that compare_recipes.py wrote: a
+    ValueError that names the file otherwise. Read before any training, so that a mistyped name is found at once."""
+    out = []
     for f in files:
-        r = json.loads(Path(f).read_text(encoding='utf-8'))
-        if r.get('valid') != valid or (valid == 'test-like' and r.get('test_like_auc') != auc): continue
-        for row in r['runs']:
-            change = row.get('change', {} if row['variant'] == 'preset' else variant(row['variant']))
-            found.setdefault(key({**r['config'], **change, 'seed': row['seed']}), {**row, 'reused_from': str(f)})
+        try: r = json.loads(Path(f).read_text(encoding='utf-8'))
+        except (OSError, ValueError) as e: raise ValueError(f'{f}: {e}') from None
+        rows = r.get('runs') if isinstance(r, dict) else None
+        if not (isinstance(rows, list) and isinstance(r.get('config'), dict) and
+                all(isinstance(x, dict) and {'variant', 'seed', 'valid_accuracy'} <= x.keys() for x in rows)):
+            raise ValueError(f'{f}: not a results file of compare_recipes.py (no config, or runs without variant, '
+                             'seed and valid_accuracy)')
+        out.append((f, r))
+    return out
+
+
+def earlier_runs(results, valid, auc):
+    """The runs of `read_results`'s files that validated on the same images, keyed by their whole config (the
+    file's config with the run's variant and seed on top), each marked with the file it was first written to. Says
+    which files it skips, and why."""
+    found = {}
+    for f, r in results:
+        if r.get('valid') != valid or (valid == 'test-like' and r.get('test_like_auc') != auc):
+            print(f"--reuse {f}: skipped, it validated on other images ({r.get('valid')} validation, ROC AUC "
+                  f"{r.get('test_like_auc')} against {valid}, {auc})", flush=True)
+            continue
+        if r.get('versions', h.versions()) != h.versions():
+            print(f'--reuse {f}: made with other library versions ({r["versions"]}); its runs are used anyway')
+        for row in r['runs']:  # rows written before `change` was recorded had one setting each, named NAME=VALUE
+            change = row['change'] if 'change' in row else {} if row['variant'] == 'preset' else dict([setting(row['variant'])])
+            found.setdefault(key({**r['config'], **change, 'seed': row['seed']}),
+                             {**row, 'reused_from': row.get('reused_from', str(f))})
     return found
 
 
@@ -96,6 +121,10 @@ def main(argv=None):
     if any(n == 'seed' for n, _ in a.set): p.error('--set seed=... would be replaced by --seeds; give the seeds there')
     if unknown: p.error(f"unknown setting {', '.join(unknown)}; a {a.preset} config has {', '.join(base)}")
     base.update(a.set)
+    if any(Path(f).resolve() == Path(a.out).resolve() for f in a.reuse):
+        p.error(f'--out {a.out} is one of the --reuse files: it would be overwritten; give another --out')
+    try: earlier_files = read_results(a.reuse)
+    except ValueError as e: print(f'error: --reuse {e}', file=sys.stderr); return 1
     valid_idx, auc = None, None
     if a.valid == 'test-like':
         try: (x, _), (x_test, _), _ = h.load_arrays(a.data)
@@ -104,9 +133,7 @@ def main(argv=None):
         valid_idx = h.test_like_split(likeness)
         print(f'test-like validation: {len(valid_idx):,} images; training and test images told apart with '
               f'ROC AUC {auc:.3f} (0.5: alike)', flush=True)
-    try: earlier = earlier_runs(a.reuse, a.valid, auc)
-    except (OSError, ValueError, KeyError, argparse.ArgumentTypeError) as e:
-        print(f'error: --reuse: {e}: give results files written by compare_recipes.py', file=sys.stderr); return 1
+    earlier = earlier_runs(earlier_files, a.valid, auc)
     plans = [('preset', {}, a.seeds)] + [(label(v), v, a.variant_seeds or a.seeds[:1]) for v in a.vary]
     rows, about = [], dict(preset=a.preset, set=dict(a.set), valid=a.valid, test_like_auc=auc, config=base)
     for name, change, seeds in plans:

@@ -292,10 +292,25 @@ def test_compare_recipes_reuses_earlier_runs_and_varies_several_settings(kmnist_
     assert all(r['reused_from'] == str(first) for r in reused) and new['mean'] == pytest.approx(old['mean'])
     assert new['runs'][2]['change'] == {'max_warp': 0.1, 'label_smoothing': False}
     assert 'from ' + str(first) in capsys.readouterr().out
-    # Other validation images: nothing is reused. A file that is not a results file: one clear line.
+    # Files written before runs recorded their change (named NAME=VALUE), and values whose repr has spaces
+    older = tmp_path / 'older.json'
+    older.write_text(json.dumps({**old, 'runs': [{k: v for k, v in r.items() if k != 'change'} for r in old['runs']]}))
+    runs = compare_recipes.earlier_runs(compare_recipes.read_results([older]), 'random', None)
+    assert sorted(r['valid_accuracy'] for r in runs.values()) == sorted(r['valid_accuracy'] for r in old['runs'])
+    odd = tmp_path / 'odd.json'
+    odd.write_text(json.dumps({**old, 'runs': [{**old['runs'][0], 'variant': 'size=(28, 28)', 'change': {'size': [28, 28]}}]}))
+    assert len(compare_recipes.earlier_runs(compare_recipes.read_results([odd]), 'random', None)) == 1
+    # Other validation images: nothing is reused, and it says so
     (tmp_path / 'other.json').write_text(json.dumps({**old, 'valid': 'test-like', 'test_like_auc': 0.7}))
-    assert compare_recipes.earlier_runs([tmp_path / 'other.json'], 'random', None) == {}
-    (tmp_path / 'bad.json').write_text('{"valid": "random"}')
-    assert compare_recipes.main(common + ['--reuse', str(tmp_path / 'bad.json'), '--out', str(tmp_path / 'x.json')]) == 1
-    assert 'give results files written by compare_recipes.py' in capsys.readouterr().err
+    assert compare_recipes.earlier_runs(compare_recipes.read_results([tmp_path / 'other.json']), 'random', None) == {}
+    assert 'skipped, it validated on other images' in capsys.readouterr().out
+    # Not a results file, or --out among the --reuse files: one clear line, before any training, nothing written
+    monkeypatch.setattr(h, 'run_training', lambda *a, **k: pytest.fail('trained before checking --reuse'))
+    for text in ['{"valid": "random"}', '[1, 2]', 'not json', '{"config": {}, "runs": [{"seed": 1}]}']:
+        (tmp_path / 'bad.json').write_text(text)
+        assert compare_recipes.main(common + ['--reuse', str(first), str(tmp_path / 'bad.json'),
+                                              '--out', str(tmp_path / 'x.json')]) == 1
+        assert f"error: --reuse {tmp_path / 'bad.json'}: " in capsys.readouterr().err
     assert not (tmp_path / 'x.json').exists()
+    with pytest.raises(SystemExit) as e: compare_recipes.main(common + ['--reuse', str(first), '--out', str(first)])
+    assert e.value.code == 2 and 'would be overwritten' in capsys.readouterr().err
