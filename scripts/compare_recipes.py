@@ -70,7 +70,8 @@ def read_results(files):
         except (OSError, ValueError) as e: raise ValueError(f'{f}: {e}') from None
         rows = r.get('runs') if isinstance(r, dict) else None
         if not (isinstance(rows, list) and isinstance(r.get('config'), dict) and
-                all(isinstance(x, dict) and {'variant', 'seed', 'valid_accuracy'} <= x.keys() for x in rows)):
+                all(isinstance(x, dict) and {'variant', 'seed', 'valid_accuracy'} <= x.keys() and
+                    ('change' in x or x['variant'] == 'preset' or '=' in str(x['variant'])) for x in rows)):
             raise ValueError(f'{f}: not a results file of compare_recipes.py (no config, or runs without variant, '
                              'seed and valid_accuracy)')
         out.append((f, r))

@@ -306,7 +306,8 @@ def test_compare_recipes_reuses_earlier_runs_and_varies_several_settings(kmnist_
     assert 'skipped, it validated on other images' in capsys.readouterr().out
     # Not a results file, or --out among the --reuse files: one clear line, before any training, nothing written
     monkeypatch.setattr(h, 'run_training', lambda *a, **k: pytest.fail('trained before checking --reuse'))
-    for text in ['{"valid": "random"}', '[1, 2]', 'not json', '{"config": {}, "runs": [{"seed": 1}]}']:
+    for text in ['{"valid": "random"}', '[1, 2]', 'not json', '{"config": {}, "runs": [{"seed": 1}]}',
+                 '{"config": {}, "runs": [{"variant": "no setting", "seed": 1, "valid_accuracy": 0.5}]}']:
         (tmp_path / 'bad.json').write_text(text)
         assert compare_recipes.main(common + ['--reuse', str(first), str(tmp_path / 'bad.json'),
                                               '--out', str(tmp_path / 'x.json')]) == 1
