@@ -62,18 +62,21 @@ def key(cfg): return json.dumps(cfg, sort_keys=True, default=str)
 
 
 def read_results(files):
-    """Earlier results files as `[(file, contents)]`, each checked to be one that compare_recipes.py wrote: a
-    ValueError that names the file otherwise. Read before any training, so that a mistyped name is found at once."""
+    """Earlier results files as `[(file, contents)]`, each checked to be one that compare_recipes.py wrote (a
+    ValueError that names the file otherwise), every run with its `change`: rows written before it was recorded had
+    one setting each, named NAME=VALUE. Read before any training, so that a mistyped name is found at once."""
     out = []
     for f in files:
-        try: r = json.loads(Path(f).read_text(encoding='utf-8'))
+        try:
+            r = json.loads(Path(f).read_text(encoding='utf-8'))
+            if not (isinstance(r.get('runs'), list) and isinstance(r.get('config'), dict)): raise TypeError
+            for x in r['runs']:
+                if not {'variant', 'seed', 'valid_accuracy'} <= x.keys(): raise TypeError
+                if 'change' not in x: x['change'] = {} if x['variant'] == 'preset' else dict([setting(x['variant'])])
         except (OSError, ValueError) as e: raise ValueError(f'{f}: {e}') from None
-        rows = r.get('runs') if isinstance(r, dict) else None
-        if not (isinstance(rows, list) and isinstance(r.get('config'), dict) and
-                all(isinstance(x, dict) and {'variant', 'seed', 'valid_accuracy'} <= x.keys() and
-                    ('change' in x or x['variant'] == 'preset' or '=' in str(x['variant'])) for x in rows)):
+        except (TypeError, AttributeError, argparse.ArgumentTypeError):
             raise ValueError(f'{f}: not a results file of compare_recipes.py (no config, or runs without variant, '
-                             'seed and valid_accuracy)')
+                             'seed and valid_accuracy)') from None
         out.append((f, r))
     return out
 
@@ -82,17 +85,16 @@ def earlier_runs(results, valid, auc):
     """The runs of `read_results`'s files that validated on the same images, keyed by their whole config (the
     file's config with the run's variant and seed on top), each marked with the file it was first written to. Says
     which files it skips, and why."""
-    found = {}
+    found, ours = {}, h.versions()
     for f, r in results:
         if r.get('valid') != valid or (valid == 'test-like' and r.get('test_like_auc') != auc):
             print(f"--reuse {f}: skipped, it validated on other images ({r.get('valid')} validation, ROC AUC "
                   f"{r.get('test_like_auc')} against {valid}, {auc})", flush=True)
             continue
-        if r.get('versions', h.versions()) != h.versions():
+        if r.get('versions', ours) != ours:
             print(f'--reuse {f}: made with other library versions ({r["versions"]}); its runs are used anyway')
-        for row in r['runs']:  # rows written before `change` was recorded had one setting each, named NAME=VALUE
-            change = row['change'] if 'change' in row else {} if row['variant'] == 'preset' else dict([setting(row['variant'])])
-            found.setdefault(key({**r['config'], **change, 'seed': row['seed']}),
+        for row in r['runs']:
+            found.setdefault(key({**r['config'], **row['change'], 'seed': row['seed']}),
                              {**row, 'reused_from': row.get('reused_from', str(f))})
     return found
 
@@ -140,8 +142,8 @@ def main(argv=None):
     for name, change, seeds in plans:
         for seed in seeds:
             cfg = {**base, **change, 'seed': seed}
-            if key(cfg) in earlier:
-                rows.append({**earlier[key(cfg)], 'variant': name, 'change': change})
+            if (hit := earlier.get(key(cfg))):
+                rows.append({**hit, 'variant': name, 'change': change})
                 print(f"{name:28s} seed {seed:3d}: valid {rows[-1]['valid_accuracy']:.4f}, from "
                       f"{rows[-1]['reused_from']}", flush=True)
                 continue
