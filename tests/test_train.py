@@ -26,6 +26,19 @@ def test_smooth_is_fastais_debiased_ewma():
     assert s[49] == pytest.approx(1.0) and 1.0 < s[60] < 5.0 and s[99] < 5.0  # it lags behind a jump
 
 
+def test_batch_size_plot_labels_each_mean_clear_of_its_seeds():
+    runs = [dict(label=l, bs=bs, seed=s, accuracy=a, losses=[2.3, 2.0, 1.5]) for l, bs, accs in
+            [('bs 512', 512, (0.80, 0.81)), ('bs 128', 128, (0.95, 0.953)), ('bs 512, lr x10', 512, (0.18, 0.19))]
+            for s, a in zip((42, 1), accs)]
+    fig = h.plot_batch_size_study(runs)
+    ax, renderer = fig.axes[1], fig.canvas.get_renderer()
+    assert sorted(t.get_text() for t in ax.texts) == ['mean\n18.5%', 'mean\n80.5%', 'mean\n95.2%']  # the seeds' mean
+    assert ax.get_ylim()[0] == pytest.approx(0.08)  # the lowest seed, less 0.1, so every bar shows
+    for t in ax.texts:  # the text's top, in data units, is under the lowest seed's dot (0.18), even on the lowest bar
+        top = ax.transData.inverted().transform(t.get_window_extent(renderer))[1][1]
+        assert ax.get_ylim()[0] < top < 0.18
+
+
 @pytest.fixture
 def kmnist_data(tmp_path):
     write_kmnist(tmp_path / 'kmnist', n_train=200, n_test=50)
