@@ -238,6 +238,18 @@ def test_a_plain_loss_costs_nothing_for_a_sure_right_answer():
     assert learn.loss_func(confident[None], torch.tensor([3])).item() < 1e-6
 
 
+def test_the_deep_cnn_keeps_its_residual_blocks_where_the_image_is_small():
+    from fastai.vision.all import ResBlock
+    sizes, model, x = [], h.kmnist_cnn_deep(10), torch.zeros(2, 1, 28, 28)
+    for m in model:
+        x = m(x)
+        if isinstance(m, ResBlock): sizes.append(x.shape[-1])
+    assert sizes == [14, 7, 7, 7] and x.shape == (2, 10)  # none at 28x28, one at 14x14, three at 7x7
+    n = lambda m: sum(p.numel() for p in m.parameters())
+    assert 1_000_000 < n(model) < 1_100_000 and n(h.kmnist_cnn_wide(10)) < 500_000  # as its docstring says
+    assert h.ARCHS['kmnist_cnn_deep'] is h.kmnist_cnn_deep  # so that train.py --arch and --vary arch= can name it
+
+
 @pytest.mark.parametrize('preset', ['best-cpu', 'best'])
 def test_train_py_runs_the_new_presets_in_quick_form(preset, tmp_path):
     write_kmnist(tmp_path / 'kmnist', n_train=300, n_test=60)

@@ -38,8 +38,8 @@ from .tracking import SeededWandbCallback, finish_wandb, start_wandb, wandb_logg
 from .presets import CALLIGRAPHY_PRESETS, PRESETS, auto_preset, make_config
 from .recipes import (ElasticWarp, EraseStrokes, StrokeWidth, brush_augment, get_probs, hard_cases, mixing_callback,
                       plot_hard_cases, score, scores)
-from .training import (ARCHS, CPUSpeedups, cpu_settings, export, history, kmnist_cnn, kmnist_cnn_wide, learner_for,
-                       load_for, make_learner, pick_lr, plot_batch_size_study, run_training, speed_summary,
+from .training import (ARCHS, CPUSpeedups, cpu_settings, export, history, kmnist_cnn, kmnist_cnn_deep, kmnist_cnn_wide,
+                       learner_for, load_for, make_learner, pick_lr, plot_batch_size_study, run_training, speed_summary,
                        training_speed)
 from .validation import test_like_split, test_likeness
 from .calligraphy import SeenSizes, calligraphy_dls, calligraphy_folder, limit_per_class, progressive_resizing
