@@ -115,7 +115,7 @@ def test_04_train(nb_env):
     _have_kmnist(nb_env)
     nb = run(NOTEBOOKS / '04_train_resnet34_one_cycle.ipynb', nb_env)
     assert "quick preset on" in text(nb, 'config')
-    assert re.search(r'ResNet34 here: \d+ images/s, so 10 epochs of 54,000 images would take \d+ minutes', text(nb, 'cpu-estimate'))
+    assert re.search(r'ResNet34 here \(2\d,\d{3},\d{3} parameters\): \d+ images/s, so 10 epochs of 54,000 images would take \d+ minutes', text(nb, 'cpu-estimate'))
     model = text(nb, 'model')
     assert 'def kmnist_cnn' in model and 'ResBlock' in model and 'ConvLayer' in model  # the model's code is shown
     assert 'W&B: logging offline to' in text(nb, 'learner') and 'wandb sync' in text(nb, 'learner')

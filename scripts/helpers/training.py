@@ -39,8 +39,8 @@ def kmnist_cnn_wide(n_out=10):
 def kmnist_cnn_deep(n_out=10):
     """`kmnist_cnn_wide` with its residual blocks moved to where the image is small: none at 28x28, three at 7x7. A
     block at 7x7 (128 channels) does the arithmetic of one at 28x28 (32 channels) on a quarter of the activations, so
-    1.05M parameters train at about the wide CNN's speed on a CPU. An idea judged in the README ("Judging the next
-    idea without retraining the preset")."""
+    1.05M parameters train at about the wide CNN's speed on a CPU. Judged against `best-cpu` and not kept (README,
+    "Judging the next idea without retraining the preset")."""
     return kmnist_cnn(n_out, widths=(32, 64, 128), blocks=(0, 1, 3))
 
 ARCHS = {'resnet18': resnet18, 'resnet34': resnet34, 'resnet50': resnet50, 'kmnist_cnn': kmnist_cnn,
@@ -262,7 +262,7 @@ def plot_batch_size_study(runs):
     accs = [[r['accuracy'] for r in runs if r['label'] == label] for label in labels]
     means = [float(np.mean(x)) for x in accs]
     b.bar(range(len(labels)), means, color=[f'C{i}' for i in range(len(labels))], alpha=0.6)
-    for i, x in enumerate(accs): b.plot([i] * len(x), x, 'k.', ms=8)
+    for i, x in enumerate(accs): b.plot(i + (np.arange(len(x)) - (len(x) - 1) / 2) * 0.1, x, 'k.', ms=8)  # side by side
     floor = max(0, min(min(x) for x in accs) - 0.1)
     for i, m in enumerate(means):  # at the foot of each bar, under every seed dot (the lowest is 0.1 above the foot)
         b.text(i, floor + 0.015, f'mean\n{m:.1%}', ha='center', va='bottom', fontsize=8)
