@@ -33,7 +33,8 @@ same validation images, so a new variant can be judged against the preset's seed
 A reused run is marked with the file it was first written to, and a file that validated on other images is skipped
 with a line that says so (with `--valid test-like`, the likeness model must score alike, which holds on the same
 machine and libraries). Reuse only files made by the same code: a file records the libraries' versions, not the
-code."""
+code. Each process times its compute mode (`helpers.cpu_settings`) and each run records it; a line says so where the
+runs compared trained in more than one."""
 import argparse, ast, json, statistics, sys
 from pathlib import Path
 
@@ -169,6 +170,10 @@ def main(argv=None):
                             seconds=secs[name]))
         print(f"{name:28s} mean valid {statistics.mean(accs[name]):.4f}: {d:+.4f} against the preset, {verdict}; "
               f"{secs[name]:.0f} s against {secs['preset']:.0f} s")
+    modes = sorted({r['computes'] for r in rows if r.get('computes')})  # cpu_settings times it, once per process
+    if len(modes) > 1:
+        print(f"note: these runs trained in {len(modes)} compute modes ({'; '.join(modes)}), which adds to the "
+              f"noise; judge with runs that share one")
     h.write_json(dict(about, complete=True, spread=spread, mean=ref, runs=rows, variants=summary,
                       versions=h.versions(), device=h.device_name()), a.out)
     print(f'Results: {a.out}')

@@ -315,7 +315,14 @@ def test_compare_recipes_reuses_earlier_runs_and_varies_several_settings(kmnist_
     assert [r['valid_accuracy'] for r in reused] == [r['valid_accuracy'] for r in old['runs']]
     assert all(r['reused_from'] == str(first) for r in reused) and new['mean'] == pytest.approx(old['mean'])
     assert new['runs'][2]['change'] == {'max_warp': 0.1, 'label_smoothing': False}
-    assert 'from ' + str(first) in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert 'from ' + str(first) in out and 'compute modes' not in out  # all trained alike here
+    # Reused runs that trained in another compute mode (cpu_settings times it in each process): it says so
+    mixed = tmp_path / 'mixed.json'
+    mixed.write_text(json.dumps({**old, 'runs': [{**old['runs'][0], 'computes': 'float32, elsewhere'}] + old['runs'][1:]}))
+    assert compare_recipes.main(common + ['--vary', 'max_warp=0.1', '--reuse', str(mixed),
+                                          '--out', str(tmp_path / 'mixed-out.json')]) == 0
+    assert len(trained) == 1 and 'these runs trained in 2 compute modes' in capsys.readouterr().out
     # Files written before runs recorded their change (named NAME=VALUE), and values whose repr has spaces
     older = tmp_path / 'older.json'
     older.write_text(json.dumps({**old, 'runs': [{k: v for k, v in r.items() if k != 'change'} for r in old['runs']]}))
