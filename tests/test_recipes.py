@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fastai.vision.all import Callback, Learner, MixUp, TensorImage, TensorImageBW, Transform
+from fastai.vision.all import Callback, Learner, MixUp, ResBlock, TensorImage, TensorImageBW, Transform
 
 import helpers as h
 from conftest import ROOT, synthetic_kmnist, write_kmnist
@@ -239,7 +239,6 @@ def test_a_plain_loss_costs_nothing_for_a_sure_right_answer():
 
 
 def test_the_deep_cnn_keeps_its_residual_blocks_where_the_image_is_small():
-    from fastai.vision.all import ResBlock
     sizes, model, x = [], h.kmnist_cnn_deep(10), torch.zeros(2, 1, 28, 28)
     for m in model:
         x = m(x)
