@@ -59,7 +59,14 @@ def variant(s):
 def label(change): return ' '.join(f'{n}={v!r}' for n, v in change.items()) or 'preset'
 
 
-def key(cfg): return json.dumps(cfg, sort_keys=True, default=str)
+# Settings that presets gained after some results files were written, and the value at which a run is the same as
+# one made before: a run with `stretch=0.` reuses a run from a file that had no `stretch` at all.
+LATER = {'stretch': 0., 'wd': None, 'opt': None}
+
+
+def key(cfg):
+    "A run's whole config as text, without the `LATER` settings at their old value: what `--reuse` matches."
+    return json.dumps({k: v for k, v in cfg.items() if not (k in LATER and v == LATER[k])}, sort_keys=True, default=str)
 
 
 def read_results(files):

@@ -55,6 +55,32 @@ def test_stroke_width_thickens_or_thins_each_image_on_its_own():
     with pytest.raises(ValueError, match='between 0 and 1'): h.StrokeWidth(amount=2.)
 
 
+def test_stretch_makes_each_image_taller_and_narrower_or_shorter_and_wider():
+    xb = TensorImageBW(torch.zeros(64, 1, 28, 28)); xb[:, :, 6:22, 10:18] = 1.  # a block 16 tall, 8 wide
+    out = h.Stretch(max_stretch=0.15, p=1.)(xb, split_idx=0)
+    assert type(out) is TensorImageBW and out.shape == xb.shape
+    ink = out[:, 0] > 0.5
+    tall, wide = ink.any(2).sum(1), ink.any(1).sum(1)
+    assert (tall > 16).sum() > 10 and (tall < 16).sum() > 10  # some taller, some shorter: each image its own
+    assert not ((tall > 16) & (wide > 8)).any() and not ((tall < 16) & (wide < 8)).any()  # taller: never wider
+    assert (tall <= 16 * 1.15 + 1).all() and (tall >= 16 / 1.15 - 1).all()  # by at most 15%, give or take a pixel
+    assert out.sum((1, 2, 3)) == pytest.approx(xb.sum((1, 2, 3)), rel=0.05)  # the area stays the same
+    assert torch.allclose(h.Stretch(p=0.)(xb, split_idx=0), xb, atol=1e-5)
+    assert torch.allclose(h.Stretch(p=1.)(xb, split_idx=1), xb, atol=1e-5)  # validation and test batches: untouched
+    with pytest.raises(ValueError, match='between 0 and 1'): h.Stretch(p=1.5)
+
+
+def test_stretch_joins_the_rotation_and_zoom_in_one_resampling(tmp_path):
+    "`stretch=P` in a config: in the training pipeline, merged into fastai's affine transform (one interpolation)."
+    write_kmnist(tmp_path / 'kmnist', n_train=100, n_test=20)
+    for stretch in (0., 0.5):
+        *_, dls = h.load_for(h.make_config('kmnist', 'best-cpu', quick=True, stretch=stretch), tmp_path / 'kmnist')
+        affine = [t for t in dls.train.after_batch.fs if hasattr(t, 'aff_fs')]
+        assert len(affine) == 1  # one resampling
+        ps = [f.keywords['p'] for f in affine[0].aff_fs if f.func is h.recipes.stretch_mat]
+        assert ps == ([stretch] if stretch else [])
+
+
 def test_brush_augment_runs_on_training_batches_only_and_never_flips():
     (x, y), _ = synthetic_kmnist(256, 1)
     dls = h.kmnist_dls((x, y), CHARS, bs=64, device='cpu', augment=h.brush_augment())
@@ -179,14 +205,16 @@ class Probe(Callback):
 
 
 @pytest.mark.parametrize('preset', ['best', 'best-cpu', 'cpu', 'article', 'quick, an ensemble of 2',
-                                    'quick, random erasing', 'quick, thicker or thinner strokes'])
+                                    'quick, random erasing', 'quick, thicker or thinner strokes', 'quick, stretched',
+                                    'quick, weight decay 0.1', 'quick, ranger'])
 def test_presets_recipe_is_on_where_it_says_so(preset, tmp_path, monkeypatch):
-    """Random erasing, mixup, label smoothing, TTA and an ensemble are seen at work in training and scoring exactly
-    where the preset names them."""
+    """Random erasing, stroke width, stretching, mixup, label smoothing, weight decay, the optimizer, TTA and an
+    ensemble are seen at work in training and scoring exactly where the preset (or a config) names them."""
     write_kmnist(tmp_path / 'kmnist', n_train=300, n_test=60)
     cfg = h.make_config('kmnist', preset.split(',')[0], quick=True, wandb='off', pretrained=False,
                         ensemble=2 if 'ensemble' in preset else None, erase=0.5 if 'erasing' in preset else None,
-                        stroke=0.5 if 'strokes' in preset else None)
+                        stroke=0.5 if 'strokes' in preset else None, stretch=0.5 if 'stretched' in preset else None,
+                        wd=0.1 if 'decay' in preset else None, opt='ranger' if 'ranger' in preset else None)
     # (no preset uses an ensemble or random erasing: notebook 07 left them out; a config may. best-cpu uses stroke
     # width, and the parametrisation checks it there)
     tta_calls = []
@@ -206,6 +234,12 @@ def test_presets_recipe_is_on_where_it_says_so(preset, tmp_path, monkeypatch):
     assert [t.p for t in erasers] == ([cfg['erase']] if cfg.get('erase') else [])  # in the training pipeline, or not
     widths = [t for t in learn.dls.train.after_batch.fs if isinstance(t, h.StrokeWidth)]
     assert [t.p for t in widths] == ([cfg['stroke']] if cfg.get('stroke') else [])
+    stretches = [f.keywords['p'] for t in learn.dls.train.after_batch.fs for f in getattr(t, 'aff_fs', [])
+                 if getattr(f, 'func', None) is h.recipes.stretch_mat]
+    assert stretches == ([cfg['stretch']] if cfg.get('stretch') else [])
+    assert learn.opt.hypers[0]['wd'] == (cfg.get('wd') or 0.01)  # the optimizer's weight decay: fastai's default or the config's
+    assert type(learn.opt).__name__ == ('Lookahead' if cfg.get('opt') == 'ranger' else 'Optimizer')  # ranger, or Adam
+    with pytest.raises(ValueError, match='opt must be one of adam, ranger'): h.learner_for({**cfg, 'opt': 'sgd'}, learn.dls)
     n = cfg.get('ensemble', 1)
     assert len(learn.members) == len(res['members']) == n and learn.members[0] is learn
     if n > 1:  # members alike but for their seeds: different weights, and the score is their average's

@@ -331,6 +331,11 @@ def test_compare_recipes_reuses_earlier_runs_and_varies_several_settings(kmnist_
     odd = tmp_path / 'odd.json'
     odd.write_text(json.dumps({**old, 'runs': [{**old['runs'][0], 'variant': 'size=(28, 28)', 'change': {'size': [28, 28]}}]}))
     assert len(compare_recipes.earlier_runs(compare_recipes.read_results([odd]), 'random', None)) == 1
+    # A setting presets gained later (compare_recipes.LATER), at its old value: the same run as one without it
+    assert 'stretch' not in old['config']  # the cpu preset has no stretch: as a file written before it existed
+    runs = compare_recipes.earlier_runs(compare_recipes.read_results([first]), 'random', None)
+    assert compare_recipes.key({**old['config'], 'stretch': 0., 'seed': 42}) in runs
+    assert compare_recipes.key({**old['config'], 'stretch': 0.5, 'seed': 42}) not in runs
     # Other validation images: nothing is reused, and it says so
     (tmp_path / 'other.json').write_text(json.dumps({**old, 'valid': 'test-like', 'test_like_auc': 0.7}))
     assert compare_recipes.earlier_runs(compare_recipes.read_results([tmp_path / 'other.json']), 'random', None) == {}

@@ -36,7 +36,7 @@ from .plots import class_counts, file_table, japanese_font, label_name, plot_cla
 from .lr import RawLossRecorder, article_rule, find_lr, plot_lr_find, smooth
 from .tracking import SeededWandbCallback, finish_wandb, start_wandb, wandb_logged_in
 from .presets import CALLIGRAPHY_PRESETS, PRESETS, auto_preset, make_config
-from .recipes import (ElasticWarp, EraseStrokes, StrokeWidth, brush_augment, get_probs, hard_cases, mixing_callback,
+from .recipes import (ElasticWarp, EraseStrokes, Stretch, StrokeWidth, brush_augment, get_probs, hard_cases, mixing_callback,
                       plot_hard_cases, score, scores)
 from .training import (ARCHS, CPUSpeedups, cpu_settings, export, history, kmnist_cnn, kmnist_cnn_deep, kmnist_cnn_wide,
                        learner_for, load_for, make_learner, pick_lr, plot_batch_size_study, run_training, speed_summary,

@@ -28,11 +28,12 @@ def item_label(o): return o[1]
 # into the image array takes the whole array into export.pkl), and loading the export needs that notebook.
 
 
-def char_augment(size=None, max_warp=0.1):
+def char_augment(size=None, max_warp=0.1, xtra_tfms=None):
     """Augmentations that suit characters: small rotations, zoom with a random centre (so small shifts), warp; no flips.
-    `max_warp=0` leaves out the warp, the costliest part on a CPU (the `cpu` preset does: see presets.PRESETS)."""
+    `max_warp=0` leaves out the warp, the costliest part on a CPU (the `cpu` preset does: see presets.PRESETS).
+    `xtra_tfms`: more transforms; fastai merges affine ones (such as `recipes.Stretch`) into one resampling."""
     return aug_transforms(size=size, do_flip=False, max_rotate=10., max_zoom=1.1, max_lighting=0., max_warp=max_warp,
-                          pad_mode='zeros')
+                          pad_mode='zeros', xtra_tfms=xtra_tfms)
 
 
 def image_stats(x):

@@ -24,9 +24,12 @@ PRESETS = {
     # probability of an erased box per image; `ensemble`: how many models, alike but for their seeds, to average).
     # Thicker or thinner strokes (`stroke`: the probability per image, `recipes.StrokeWidth`) are on: judged at full
     # size with three seeds each (results/best-cpu-stroke.json), they beat the recipe by more than its seeds' spread.
+    # Judged at full size since, and off (README, "Judging the next idea without retraining the preset"): `stretch`
+    # (the probability of `recipes.Stretch` per image), `wd` (weight decay; None: fastai's 0.01) and `opt` ('ranger':
+    # fastai's RAdam with Lookahead; None: Adam).
     'best-cpu': dict(arch='kmnist_cnn_wide', bs=128, epochs=20, lr=1e-2, size=None, pretrained=False, fp16=False,
                      n_train=None, label_smoothing=True, max_warp=0., augment='char', stroke=0.5, erase=0., mix=None,
-                     tta=False, ensemble=1),
+                     tta=False, ensemble=1, stretch=0., wd=None, opt=None),
     # For a GPU: the article's ResNet34 with label smoothing, mixup, 20 epochs and test-time augmentation; its goal
     # is at least 99.4%. Unmeasured, and its ingredients were not judged at its budget: no GPU run exists yet
     # (notebook 07 judged them on a small CNN on a CPU).

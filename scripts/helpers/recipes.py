@@ -5,12 +5,13 @@ Uses: settings, dataloaders, plots."""
 from __future__ import annotations
 
 import math, random
+from functools import partial
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fastai.vision.all import CutMix, MixUp, TensorImage, Transform, aug_transforms
+from fastai.vision.all import AffineCoordTfm, CutMix, MixUp, TensorImage, Transform, affine_mat, aug_transforms
 
 from .dataloaders import test_dl
 from .plots import japanese_font, label_name
@@ -69,6 +70,27 @@ class StrokeWidth(Transform):
         t = t * (torch.rand(n, 1, 1, 1, device=x.device) < self.p)
         thick, thin = F.max_pool2d(xx, 3, 1, 1), -F.max_pool2d(-xx, 3, 1, 1)
         return TensorImage(torch.where(t > 0, xx + t * (thick - xx), xx - t * (thin - xx)))
+
+
+def stretch_mat(x, max_stretch=0.15, p=0.5):
+    """Affine matrices for a batch `x` that stretch each image on its own, with probability `p`: taller and narrower,
+    or shorter and wider, by a random factor up to `1 + max_stretch` each way (the area stays the same)."""
+    n, r = x.size(0), math.log(1 + max_stretch)
+    t = x.new_empty(n).uniform_(-r, r) * (torch.rand(n, device=x.device) < p)
+    z = torch.zeros_like(t)
+    return affine_mat(t.exp(), z, z, z, (-t).exp(), z)  # fastai's matrices map output to input coordinates
+
+
+class Stretch(AffineCoordTfm):
+    """Taller and narrower characters, or shorter and wider ones, each image on its own (`stretch_mat`): notebook 07's
+    test-like images are taller and narrower than the rest of the training set. Ours because fastai's `Zoom` scales
+    both sides alike. An `AffineCoordTfm`, so `aug_transforms(xtra_tfms=...)` merges it with the rotation and zoom
+    into one resampling of the image, not two. Training only. Judged against `best-cpu` at full size and not kept
+    (README, "Judging the next idea without retraining the preset")."""
+    def __init__(self, max_stretch=0.15, p=0.5, pad_mode='zeros', align_corners=True, **kwargs):
+        if not 0 <= p <= 1: raise ValueError(f'p must be between 0 and 1, not {p}')
+        super().__init__(partial(stretch_mat, max_stretch=max_stretch, p=p), pad_mode=pad_mode,
+                         align_corners=align_corners, **kwargs)
 
 
 def brush_augment(size=None, max_rotate=15., min_zoom=0.85, max_zoom=1.15, max_warp=0.2, elastic=1.5, erase=0.5):

@@ -9,15 +9,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from fastai.vision.all import (Callback, ConvLayer, Flatten, LabelSmoothingCrossEntropyFlat, Learner, ResBlock, accuracy,
-                               error_rate, get_c, resnet18, resnet34, resnet50, to_float, vision_learner)
+from fastai.vision.all import (Adam, Callback, ConvLayer, Flatten, LabelSmoothingCrossEntropyFlat, Learner, ResBlock,
+                               accuracy, error_rate, get_c, ranger, resnet18, resnet34, resnet50, to_float, vision_learner)
 from torch import nn
 
 from .arrays import load_arrays, subsample
 from .dataloaders import char_augment, kmnist_dls, test_dl
 from .downloads import install_weights
 from .lr import find_lr, smooth
-from .recipes import EraseStrokes, StrokeWidth, brush_augment, ensemble_accuracy, get_probs, mixing_callback, score
+from .recipes import EraseStrokes, Stretch, StrokeWidth, brush_augment, ensemble_accuracy, get_probs, mixing_callback, score
 from .settings import cpu_has_bf16, device_name, on_gpu, set_seed, use_fp16, versions
 from .tracking import finish_wandb, start_wandb
 
@@ -133,14 +133,20 @@ def cpu_settings(learn, margin=0.9):
     return dict(_MEASURED[key])
 
 
+OPTIMIZERS = {'adam': Adam, 'ranger': ranger}  # ranger: fastai's RAdam with Lookahead (an average of recent weights)
+
+
 def learner_for(cfg, dls, cbs=(), n_in=1):
-    """The config's learner: architecture, pretrained or not; label smoothing, and fastai's `MixUp` or `CutMix`, if the
-    preset says so; mixed precision on an NVIDIA GPU if the preset says so; on a CPU, the `CPUSpeedups` that
+    """The config's learner: architecture, pretrained or not; label smoothing, fastai's `MixUp` or `CutMix`, and
+    another optimizer (`OPTIMIZERS`), if the preset says so; mixed precision on an NVIDIA GPU if the preset says so; on a CPU, the `CPUSpeedups` that
     `cpu_settings` measured to pay here (unless `cfg['speedups']` is False). An Apple GPU (MPS) is left as fastai
     sets it up."""
     cbs = [c for c in [*cbs, mixing_callback(cfg.get('mix'))] if c]
+    if cfg.get('opt') and cfg['opt'] not in OPTIMIZERS:
+        raise ValueError(f"opt must be one of {', '.join(OPTIMIZERS)} or None (fastai's Adam), not {cfg['opt']!r}")
+    opt = {'opt_func': OPTIMIZERS[cfg['opt']]} if cfg.get('opt') else {}  # None: fastai's default, Adam
     learn = make_learner(dls, cfg['arch'], pretrained=cfg['pretrained'], n_in=n_in, cbs=cbs or None,
-                         loss_func=LabelSmoothingCrossEntropyFlat() if cfg.get('label_smoothing') else None)
+                         loss_func=LabelSmoothingCrossEntropyFlat() if cfg.get('label_smoothing') else None, **opt)
     if cfg['fp16'] and use_fp16(): learn.to_fp16()
     elif not on_gpu() and cfg.get('speedups', True): learn.add_cb(CPUSpeedups(**cpu_settings(learn)))
     return learn
@@ -191,7 +197,9 @@ def load_for(cfg, data=None, valid_idx=None):
     elif cfg.get('n_train'): x, y = subsample(x, y, cfg['n_train'], cfg['seed'])
     if cfg.get('n_test'): test = subsample(*test, cfg['n_test'], cfg['seed'])
     if cfg.get('augment') == 'brush': augment = brush_augment(cfg['size'], erase=0)
-    else: augment = char_augment(cfg['size'], cfg.get('max_warp', 0.1))
+    else:  # taller and narrower, or shorter and wider: merged into the rotation and zoom
+        augment = char_augment(cfg['size'], cfg.get('max_warp', 0.1),
+                               xtra_tfms=[Stretch(p=cfg['stretch'])] if cfg.get('stretch') else None)
     if cfg.get('stroke'): augment = augment + [StrokeWidth(p=cfg['stroke'])]  # thicker or thinner strokes
     if cfg.get('erase'): augment = augment + [EraseStrokes(p=cfg['erase'])]  # random erasing, one box per image
     dls = kmnist_dls((x, y), classes, valid_pct=cfg['valid_pct'], seed=cfg['seed'], bs=cfg['bs'], size=cfg['size'],
@@ -224,7 +232,7 @@ def run_training(cfg, data=None, log=print, cbs=(), test=True, valid_idx=None):
             lr = pick_lr(cfg, learn)
             log(f'learning rate {lr:.2e}' + (" (lr_find with the article's rule)" if cfg['lr'] == 'auto' else ''))
         t0 = time.time()
-        learn.fit_one_cycle(cfg['epochs'], lr)
+        learn.fit_one_cycle(cfg['epochs'], lr, wd=cfg.get('wd'))  # wd None: fastai's default, 0.01
         seconds += time.time() - t0
         members.append(learn)
     learn = members[0]
