@@ -5,13 +5,13 @@
     python scripts/train.py --dataset kmnist --preset cpu --wandb off        # a laptop without a GPU, <= 10 minutes
     python scripts/train.py --dataset kmnist                                  # auto: article on a GPU, cpu without
     python scripts/train.py --dataset kmnist --preset quick                   # seconds: does everything work?
-    python scripts/train.py --dataset kmnist --preset best-cpu                # notebook 07's recipe, <= 20 min on 2 cores
+    python scripts/train.py --dataset kmnist --preset best-cpu                # notebook 07's recipe, about 20 min on 2 cores
     python scripts/train.py --dataset kmnist --preset best --quick            # any preset's recipe, in seconds
     python scripts/train.py --dataset calligraphy --data DIR --out results/calligraphy.json   # progressive resizing
     python scripts/train.py --dataset kmnist --model models/kmnist.pkl && python scripts/app.py --kmnist models/kmnist.pkl
 
 KMNIST presets: article (ResNet34, bs 128, 10 epochs, one-cycle, fp16 on a GPU), cpu, quick; best-cpu and best
-(notebook 07: best-cpu is a CNN twice as wide, 20 epochs, <= 20 minutes on 2 CPU cores; best is a ResNet34 for a
+(notebook 07: best-cpu is a CNN twice as wide, 20 epochs, about 20 minutes on 2 CPU cores; best is a ResNet34 for a
 GPU with mixup and test-time augmentation, 20 epochs, unmeasured); the default, auto, is article on a GPU and cpu
 without one (a ResNet34 takes hours on a CPU).
 Calligraphy presets: article (ResNet34, 128 px then 256 px, frozen then unfrozen), cpu, quick; --size S trains at
