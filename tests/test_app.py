@@ -160,6 +160,19 @@ def test_app_py_with_a_missing_model_says_how_to_make_one(tmp_path):
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason='needs Debian chromium (.ci/run installs it)')
+def test_the_page_brings_a_font_for_its_characters():
+    "A few kilobytes of IPAexGothic with exactly the page's Japanese and Chinese characters, in front of Gradio's fonts."
+    from fontTools.ttLib import TTFont
+    import gradio as gr
+    assert h.app.font_css('Read it (abc)') == ''  # no such characters: nothing to add
+    css = h.app.font_css(''.join(CHARS) + ' (ha), 楷书 kaishu')
+    font = TTFont(io.BytesIO(base64.b64decode(re.search(r'base64,([A-Za-z0-9+/=]+)', css)[1])))
+    assert {chr(c) for c in font.getBestCmap() if c >= 0x2E80} == set(CHARS) | {'楷'}  # a Japanese font: no 书
+    assert len(css) < 20_000 and 'U+306F' in css and 'U+6977;' in css and 'U+4E66' not in css
+    theme = gr.themes.Default()._get_theme_css()  # the stacks it extends are Gradio's own
+    assert all(f'--{var}: {fonts};' in theme for var, fonts in h.app.THEME_FONTS.items())
+
+
 def test_the_page_in_a_real_browser(app, tmp_path):
     from playwright.sync_api import sync_playwright
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -195,6 +208,15 @@ def test_the_page_in_a_real_browser(app, tmp_path):
         page.wait_for_function(f"document.querySelectorAll('#drawing-examples img').length == {3 * h.app.N_EXAMPLES}",
                                timeout=20_000)  # the training images of the top 3, beside the answer
         page.screenshot(path=SHOTS / '3-read.png')
+        # Its characters are drawn in the page's own font (`font_css`), not left to the computer's fonts, which may
+        # have no Japanese (then a browser draws boxes)
+        faces = page.evaluate(f"document.fonts.load(\"20px '{h.app.PAGE_FONT}'\", '{''.join(CHARS)}')"
+                              ".then(fs => fs.map(f => f.family + ' ' + f.status))")
+        assert faces == [f'"{h.app.PAGE_FONT}" loaded'] or faces == [f'{h.app.PAGE_FONT} loaded'], faces
+        for where in ('#drawing-label', '#drawing-message'):
+            family = page.evaluate(f"getComputedStyle(document.querySelector('{where} *') || "
+                                   f"document.querySelector('{where}')).fontFamily")
+            assert family.strip('"\'').startswith(h.app.PAGE_FONT), (where, family)
         page.click('#drawing-clear')
         page.wait_for_function("document.querySelector('#drawing-message').innerText.startsWith('Nothing to read')")
         page.wait_for_function("document.querySelector('#drawing button[aria-label=\"Brush\"]').classList"

@@ -15,6 +15,7 @@ Uses: arrays, inference."""
 from __future__ import annotations
 
 import base64, html, io, os
+from pathlib import Path
 
 os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')  # before gradio is imported: no telemetry, no update check
 import gradio as gr  # noqa: E402
@@ -41,6 +42,36 @@ SELECT_BRUSH = """() => { const pick = (n) => {
 # from Python, as gr.ClearButton does, blanked the canvas but let strokes drawn soon after bring old ones back.)
 CLEAR_CANVAS = """() => { document.querySelector('#drawing button[aria-label="Clear canvas"]')?.click();
   (%s)(); }""" % SELECT_BRUSH
+
+
+PAGE_FONT = 'Kuzushiji page'  # the family name of the page's own font for its Japanese and Chinese characters
+# Gradio's default theme's font stacks (CSS variables), which `font_css` puts PAGE_FONT in front of
+THEME_FONTS = {'font': "'Source Sans Pro', ui-sans-serif, system-ui, sans-serif",
+               'font-mono': "'IBM Plex Mono', ui-monospace, Consolas, monospace"}
+
+
+def font_css(text):
+    """CSS that gives the page a font for the Japanese and Chinese characters in `text` (those from U+2E80 on), so
+    they show on any computer: a browser without a Japanese font (many Linux desktops and containers) draws each as
+    a box. Ours because Gradio serves only Latin fonts. The font is a subset of IPAexGothic, which matplotlib-fontja
+    installs for the notebooks' plots, cut by fontTools (a matplotlib dependency) to these characters: a few
+    kilobytes, inside the CSS as a data URL, so it needs no internet. Its `unicode-range` leaves every other character
+    to the theme's fonts, and so are the few it lacks: IPAexGothic is a Japanese font, so it has every hiragana but
+    not the simplified Chinese 书 of two calligraphy styles' names. No such characters in `text`: no CSS."""
+    import matplotlib_fontja
+    from fontTools import subset
+    from fontTools.ttLib import TTFont
+    font = TTFont(Path(matplotlib_fontja.__file__).parent / 'fonts' / 'ipaexg.ttf')
+    chars = sorted({ch for ch in text if ord(ch) >= 0x2E80 and ord(ch) in font.getBestCmap()})
+    if not chars: return ''
+    cut = subset.Subsetter(subset.Options(hinting=False, layout_features=[], name_IDs=[1, 2]))
+    cut.populate(text=''.join(chars)); cut.subset(font)
+    buf = io.BytesIO(); font.save(buf)
+    ranges = ', '.join(f'U+{ord(c):04X}' for c in chars)
+    stacks = ' '.join(f"--{var}: '{PAGE_FONT}', {fonts};" for var, fonts in THEME_FONTS.items())
+    return (f"@font-face {{ font-family: '{PAGE_FONT}'; unicode-range: {ranges}; "
+            f"src: url(data:font/ttf;base64,{base64.b64encode(buf.getvalue()).decode()}) format('truetype'); }}\n"
+            f":root, .gradio-container {{ {stacks} }}\n")
 
 
 def as_label(preds):
@@ -166,11 +197,15 @@ def build_app(kmnist=None, calligraphy=None, k=3, examples='auto'):
                     gr.Button('Read it', variant='primary', elem_id='photo-read').click(
                         read_upload, photo, [plabel, pmsg], api_name='read_photo')
         if kmnist is not None: demo.load(None, None, None, js=SELECT_BRUSH)
+    learners = [l for l in (kmnist, calligraphy) if l is not None]  # the page's characters: its labels and its text
+    demo.page_css = font_css(''.join(label_text(c) for l in learners for c in l.dls.vocab) + '楷书隶书小篆')
     return demo
 
 
 def launch(demo, host='127.0.0.1', port=None, share=False, inline=None, block=True, **kwargs):
     """Start the app on `host` (this computer only by default; a public link only with `share=True`).
-    `block=False` returns at once (notebooks); close it with `demo.close()`."""
+    `block=False` returns at once (notebooks); close it with `demo.close()`. The page gets `build_app`'s font for its
+    Japanese and Chinese characters (`font_css`)."""
+    kwargs.setdefault('css', getattr(demo, 'page_css', None) or None)
     return demo.launch(server_name=host, server_port=port, share=share, inline=inline, prevent_thread_lock=not block,
                        quiet=not block, **kwargs)
