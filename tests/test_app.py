@@ -159,7 +159,6 @@ def test_app_py_with_a_missing_model_says_how_to_make_one(tmp_path):
     assert r.returncode == 1 and 'No model at' in r.stderr and 'scripts/train.py' in r.stderr and 'Traceback' not in r.stderr
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason='needs Debian chromium (.ci/run installs it)')
 def test_the_page_brings_a_font_for_its_characters():
     "A few kilobytes of IPAexGothic with exactly the page's Japanese and Chinese characters, in front of Gradio's fonts."
     from fontTools.ttLib import TTFont
@@ -171,8 +170,13 @@ def test_the_page_brings_a_font_for_its_characters():
     assert len(css) < 20_000 and 'U+306F' in css and 'U+6977;' in css and 'U+4E66' not in css
     theme = gr.themes.Default()._get_theme_css()  # the stacks it extends are Gradio's own
     assert all(f'--{var}: {fonts};' in theme for var, fonts in h.app.THEME_FONTS.items())
+    names = {r.nameID: r.toUnicode() for r in font['name'].names}  # the IPA Font License: a derived font is renamed,
+    assert names[1] == h.app.PAGE_FONT and 'IPA' not in names[1] + names[4] + names[6]  # and keeps the copyright
+    assert 'IPA' in names[0] and 'licenses/IPA' in names[14], names
+    assert all(f'--{var}: {fonts};' in theme for var, fonts in h.app.THEME_FONTS.items())
 
 
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason='needs Debian chromium (.ci/run installs it)')
 def test_the_page_in_a_real_browser(app, tmp_path):
     from playwright.sync_api import sync_playwright
     SHOTS.mkdir(parents=True, exist_ok=True)

@@ -56,16 +56,21 @@ def font_css(text):
     a box. Ours because Gradio serves only Latin fonts. The font is a subset of IPAexGothic, which matplotlib-fontja
     installs for the notebooks' plots, cut by fontTools (a matplotlib dependency) to these characters: a few
     kilobytes, inside the CSS as a data URL, so it needs no internet. Its `unicode-range` leaves every other character
-    to the theme's fonts, and so are the few it lacks: IPAexGothic is a Japanese font, so it has every hiragana but
-    not the simplified Chinese 书 of two calligraphy styles' names. No such characters in `text`: no CSS."""
+    to the theme's fonts, and the characters it lacks to the computer's: IPAexGothic is a Japanese font, with every
+    hiragana but not the simplified Chinese 书 of two calligraphy styles' names. As the IPA Font License asks of a
+    derived font, it is renamed and keeps its copyright and licence. No such characters in `text`: no CSS."""
     import matplotlib_fontja
     from fontTools import subset
     from fontTools.ttLib import TTFont
     font = TTFont(Path(matplotlib_fontja.__file__).parent / 'fonts' / 'ipaexg.ttf')
     chars = sorted({ch for ch in text if ord(ch) >= 0x2E80 and ord(ch) in font.getBestCmap()})
     if not chars: return ''
-    cut = subset.Subsetter(subset.Options(hinting=False, layout_features=[], name_IDs=[1, 2]))
+    cut = subset.Subsetter(subset.Options(hinting=False, layout_features=[], name_IDs=[0, 1, 2, 4, 6, 13, 14]))
     cut.populate(text=''.join(chars)); cut.subset(font)
+    # The IPA Font License: a derived font keeps the copyright and licence (name IDs 0, 13, 14) and takes another
+    # name (family, full and PostScript names: 1, 4, 6)
+    for name_id, name in ((1, PAGE_FONT), (4, PAGE_FONT), (6, PAGE_FONT.replace(' ', '-'))):
+        font['name'].setName(name, name_id, 3, 1, 0x409)
     buf = io.BytesIO(); font.save(buf)
     ranges = ', '.join(f'U+{ord(c):04X}' for c in chars)
     stacks = ' '.join(f"--{var}: '{PAGE_FONT}', {fonts};" for var, fonts in THEME_FONTS.items())
@@ -198,7 +203,7 @@ def build_app(kmnist=None, calligraphy=None, k=3, examples='auto'):
                         read_upload, photo, [plabel, pmsg], api_name='read_photo')
         if kmnist is not None: demo.load(None, None, None, js=SELECT_BRUSH)
     learners = [l for l in (kmnist, calligraphy) if l is not None]  # the page's characters: its labels and its text
-    demo.page_css = font_css(''.join(label_text(c) for l in learners for c in l.dls.vocab) + '楷书隶书小篆')
+    demo.page_css = font_css(''.join(label_text(c) for l in learners for c in l.dls.vocab))
     return demo
 
 
@@ -206,6 +211,6 @@ def launch(demo, host='127.0.0.1', port=None, share=False, inline=None, block=Tr
     """Start the app on `host` (this computer only by default; a public link only with `share=True`).
     `block=False` returns at once (notebooks); close it with `demo.close()`. The page gets `build_app`'s font for its
     Japanese and Chinese characters (`font_css`)."""
-    kwargs.setdefault('css', getattr(demo, 'page_css', None) or None)
+    kwargs['css'] = '\n'.join(filter(None, [getattr(demo, 'page_css', ''), kwargs.get('css')])) or None
     return demo.launch(server_name=host, server_port=port, share=share, inline=inline, prevent_thread_lock=not block,
                        quiet=not block, **kwargs)
