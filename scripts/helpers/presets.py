@@ -17,17 +17,17 @@ PRESETS = {
     'cpu': dict(arch='kmnist_cnn', bs=128, epochs=6, lr='auto', size=None, pretrained=False, fp16=False, n_train=None,
                 label_smoothing=True, max_warp=0.),
     # Beyond the article (notebook 07, which chose it on validation only): the cpu preset's recipe on a CNN twice as
-    # wide (482k parameters), one model for 20 epochs: about 20 minutes of training on 2 CPU cores (13 to 24 in the
-    # runs measured, on 2 cores of an Intel Xeon, a shared machine: README). Judged at this budget in notebook 07, random erasing, brush augmentation, mixup and TTA each
-    # tied with the baseline within the spread of three seeds (a tie goes to the simpler recipe), and an ensemble of
-    # two 10-epoch models lost to one model trained for 20 by more than that spread, so all are off (`erase`: the
-    # probability of an erased box per image; `ensemble`: how many models, alike but for their seeds, to average).
-    # Thicker or thinner strokes (`stroke`: the probability per image, `recipes.StrokeWidth`) are on: judged at full
-    # size with three seeds each (results/best-cpu-stroke.json), they beat the recipe by more than its seeds' spread.
-    # Judged at full size since and not kept (README, "Judging the next idea without retraining the preset"):
-    # stroke=1.0, erase=0.5, kmnist_cnn_deep, bs=64 and brush augmentation; and three settings added for that, off:
-    # `stretch` (the probability of `recipes.Stretch` per image), `wd` (weight decay; None: fastai's 0.01) and `opt`
-    # ('ranger': fastai's RAdam with Lookahead; None: Adam).
+    # wide (482k parameters), one model for 20 epochs: about 20 minutes of training on 2 CPU cores (13 to 24 in the runs
+    # measured, on 2 cores of an Intel Xeon, a shared machine: README). Judged at this budget in notebook 07, random
+    # erasing, brush augmentation, mixup and TTA each tied with the baseline within the spread of three seeds (a tie
+    # goes to the simpler recipe), and an ensemble of two 10-epoch models lost to one model trained for 20 by more than
+    # that spread, so all are off (`erase`: the probability of an erased box per image; `ensemble`: how many models,
+    # alike but for their seeds, to average). Thicker or thinner strokes (`stroke`: the probability per image,
+    # `recipes.StrokeWidth`) are on: judged at full size with three seeds each (results/best-cpu-stroke.json), they beat
+    # the recipe by more than its seeds' spread. Judged at full size since and not kept (README, "Judging the next idea
+    # without retraining the preset"): stroke=1.0, erase=0.5, kmnist_cnn_deep, bs=64, brush augmentation, lr=0.02 and
+    # mixup; and three settings added for that, off: `stretch` (the probability of `recipes.Stretch` per image), `wd`
+    # (weight decay; None: fastai's 0.01) and `opt` ('ranger': fastai's RAdam with Lookahead; None: Adam).
     'best-cpu': dict(arch='kmnist_cnn_wide', bs=128, epochs=20, lr=1e-2, size=None, pretrained=False, fp16=False,
                      n_train=None, label_smoothing=True, max_warp=0., augment='char', stroke=0.5, erase=0., mix=None,
                      tta=False, ensemble=1, stretch=0., wd=None, opt=None),
