@@ -138,15 +138,15 @@ OPTIMIZERS = {'adam': Adam, 'ranger': ranger}  # ranger: fastai's RAdam with Loo
 
 def learner_for(cfg, dls, cbs=(), n_in=1):
     """The config's learner: architecture, pretrained or not; label smoothing, fastai's `MixUp` or `CutMix`, and
-    another optimizer (`OPTIMIZERS`), if the preset says so; mixed precision on an NVIDIA GPU if the preset says so; on a CPU, the `CPUSpeedups` that
-    `cpu_settings` measured to pay here (unless `cfg['speedups']` is False). An Apple GPU (MPS) is left as fastai
-    sets it up."""
+    the optimizer (`OPTIMIZERS`; None: fastai's default, Adam), as the preset says; mixed precision on an NVIDIA GPU
+    if the preset says so; on a CPU, the `CPUSpeedups` that `cpu_settings` measured to pay here (unless
+    `cfg['speedups']` is False). An Apple GPU (MPS) is left as fastai sets it up."""
     cbs = [c for c in [*cbs, mixing_callback(cfg.get('mix'))] if c]
-    if cfg.get('opt') and cfg['opt'] not in OPTIMIZERS:
-        raise ValueError(f"opt must be one of {', '.join(OPTIMIZERS)} or None (fastai's Adam), not {cfg['opt']!r}")
-    opt = {'opt_func': OPTIMIZERS[cfg['opt']]} if cfg.get('opt') else {}  # None: fastai's default, Adam
+    opt = cfg.get('opt') or 'adam'
+    if opt not in OPTIMIZERS: raise ValueError(f"opt must be one of {', '.join(OPTIMIZERS)} or None (Adam), not {opt!r}")
     learn = make_learner(dls, cfg['arch'], pretrained=cfg['pretrained'], n_in=n_in, cbs=cbs or None,
-                         loss_func=LabelSmoothingCrossEntropyFlat() if cfg.get('label_smoothing') else None, **opt)
+                         loss_func=LabelSmoothingCrossEntropyFlat() if cfg.get('label_smoothing') else None,
+                         opt_func=OPTIMIZERS[opt])
     if cfg['fp16'] and use_fp16(): learn.to_fp16()
     elif not on_gpu() and cfg.get('speedups', True): learn.add_cb(CPUSpeedups(**cpu_settings(learn)))
     return learn
