@@ -2,7 +2,7 @@
 
 Fidelity is measured, not judged by eye: characters are rendered as drawings (black ink on white or on transparent,
 scaled, placed anywhere on a bigger canvas) and must come back as the original 28x28 image, and a model must read
-them as it reads the originals. Synthetic characters here; scripts/benchmark_app.py --fidelity does the same with
+them as it reads the originals. Synthetic characters here; tools/benchmark_app.py --fidelity does the same with
 1,000 real KMNIST test images."""
 import io, subprocess, sys
 

@@ -1,4 +1,4 @@
-"""Committed outputs: made by scripts/execute_notebooks.py for the code beside them, and free of this machine.
+"""Committed outputs: made by tools/execute_notebooks.py for the code beside them, and free of this machine.
 
 The committed notebooks are checked as they are; the checks and the cleaning are also run on small notebooks made
 here, each with the fault it must catch, so that every check is seen to fail."""

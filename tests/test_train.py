@@ -223,7 +223,7 @@ def test_interpretation_sees_every_class(way):
 
 
 def test_compare_recipes_chooses_on_validation_only(kmnist_data, tmp_path, monkeypatch, capsys):
-    "scripts/compare_recipes.py: seeds of the preset, a variant, verdicts against the spread, and no test set read."
+    "tools/compare_recipes.py: seeds of the preset, a variant, verdicts against the spread, and no test set read."
     import compare_recipes
     def no_test(*a, **k): raise AssertionError('compare_recipes must not read the test set')
     monkeypatch.setattr(h.training, 'test_dl', no_test)

@@ -11,7 +11,7 @@ PRESETS = {
     'article': dict(arch='resnet34', bs=128, epochs=10, lr='auto', size=None, pretrained=True, fp16=True, n_train=None,
                     label_smoothing=False, max_warp=0.1),
     # A laptop without a GPU: a small fastai-built CNN, sized for notebook 04 within 5 minutes on 2 cores, the rate
-    # from lr_find with the article's rule. Chosen on the validation set only (scripts/compare_recipes.py, README
+    # from lr_find with the article's rule. Chosen on the validation set only (tools/compare_recipes.py, README
     # "Choosing the cpu preset"): without label smoothing it scored lower by a little more than the spread of three
     # seeds; the warp and a fixed 1e-2 tied within that spread, and the warp costs time, so it is left out.
     'cpu': dict(arch='kmnist_cnn', bs=128, epochs=6, lr='auto', size=None, pretrained=False, fp16=False, n_train=None,

@@ -15,7 +15,7 @@ from fastai.torch_core import default_device, set_seed  # noqa: F401  (set_seed:
 
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')  # raised inside fastai, not ours
 
-REPO_URL = 'https://github.com/kuzushiji-fastai/kuzushiji-fastai'  # badges and Colab cells come from here (scripts/nbsync.py)
+REPO_URL = 'https://github.com/kuzushiji-fastai/kuzushiji-fastai'  # badges and Colab cells come from here (tools/nbsync.py)
 ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = Path(os.environ.get('KUZUSHIJI_DATA', ROOT / 'data'))
 OUT_DIR = Path(os.environ.get('KUZUSHIJI_OUT', ROOT))  # results/ and models/ go here (the tests point it elsewhere)

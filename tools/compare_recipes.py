@@ -2,7 +2,7 @@
 """Choose between recipes on the validation set, never the test set: train a KMNIST preset and variants of it,
 several seeds each, and compare their validation accuracy with the run-to-run spread of the preset itself.
 
-    python scripts/compare_recipes.py --preset cpu --seeds 42 1 2 --vary lr=1e-2 --vary label_smoothing=False \\
+    python tools/compare_recipes.py --preset cpu --seeds 42 1 2 --vary lr=1e-2 --vary label_smoothing=False \\
         --vary max_warp=0.1 --out results/cpu-preset-choice.json
 
 Each `--vary NAME=VALUE` is one variant: the preset with that setting changed. `--set NAME=VALUE` changes the
@@ -17,7 +17,7 @@ comparison that is stopped keeps the runs it finished.
 does (adversarial validation: a small CNN learns to tell training from test images, which needs the test images but
 not their labels), once for all runs; the default, `random`, on the preset's random slice:
 
-    python scripts/compare_recipes.py --preset best-cpu --set stroke=0.0 --valid test-like --seeds 42 1 2 \\
+    python tools/compare_recipes.py --preset best-cpu --set stroke=0.0 --valid test-like --seeds 42 1 2 \\
         --vary stroke=0.5 --variant-seeds 42 1 2 --out results/best-cpu-stroke.json
 
 (`best-cpu` had no stroke width when that ran; notebook 07 then took it in, so `--set stroke=0.0` repeats it.)
@@ -26,7 +26,7 @@ A variant may change several settings at once: `--vary "epochs=10 ensemble=2"`. 
 earlier results files instead of training it again, where one was made with the same config (seed included) on the
 same validation images, so a new variant can be judged against the preset's seeds without retraining them:
 
-    python scripts/compare_recipes.py --preset best-cpu --valid test-like --seeds 42 1 2 \\
+    python tools/compare_recipes.py --preset best-cpu --valid test-like --seeds 42 1 2 \\
         --vary "epochs=10 ensemble=2" --variant-seeds 42 1 2 --reuse results/best-cpu-stroke.json \\
         --out results/best-cpu-ensemble.json
 
@@ -38,6 +38,7 @@ runs compared trained in more than one."""
 import argparse, ast, json, statistics, sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'scripts'))  # the helpers package, as the scripts use it
 import helpers as h
 
 

@@ -2,7 +2,7 @@
 """Training images per second of a model on this machine's CPU, in each configuration it can run here:
 float32, channels_last, bfloat16 autocast, both, torch.compile, and one thread instead of all.
 
-    python scripts/benchmark_training.py --data data/kmnist [--arch kmnist_cnn] [--bs 128] [--out results/training.json]
+    python tools/benchmark_training.py --data data/kmnist [--arch kmnist_cnn] [--bs 128] [--out results/training.json]
 
 A training step is forward, loss, backward and an SGD step, on real augmented batches made beforehand (the loader
 is timed by benchmark_loaders.py, the whole fastai epoch by profile_epoch.py). The first configuration feeds the
@@ -11,9 +11,11 @@ a few steps each, several rounds, so that a neighbour's load hits them alike; th
 torch.compile's first steps compile: their time is reported apart, with the number of images after which the
 faster steps pay it back. The load average is recorded with every run: other work on the machine slows it."""
 import argparse, os, statistics, sys, tempfile, time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'scripts'))  # the helpers package, as the scripts use it
 import helpers as h
 
 CONFIGS = {  # name: (channels_last, bfloat16, compiled, threads: None for torch's default); plain tensors but the first
@@ -68,7 +70,7 @@ def main(argv=None):
                    help=f"configurations to leave out, of: {', '.join(repr(c) for c in CONFIGS)}")
     p.add_argument('--out')
     a = p.parse_args(argv)
-    if h.on_gpu(): print('This benchmark is for the CPU; on a GPU, see scripts/benchmark_loaders.py --arch.'); return 1
+    if h.on_gpu(): print('This benchmark is for the CPU; on a GPU, see tools/benchmark_loaders.py --arch.'); return 1
     if a.threads: torch.set_num_threads(a.threads)
     cache = tempfile.TemporaryDirectory()  # removed at exit
     os.environ['TORCHINDUCTOR_CACHE_DIR'] = cache.name  # time a first compilation, not a hit in an earlier run's cache

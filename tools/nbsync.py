@@ -2,21 +2,22 @@
 """Keep every notebook's first two cells (badges, setup) in sync with `helpers.REPO_URL`, its outputs honest, and
 its clean copy for practice up to date.
 
-    python scripts/nbsync.py          # rewrite the first two cells of notebooks/*.ipynb in place (outputs stay),
+    python tools/nbsync.py          # rewrite the first two cells of notebooks/*.ipynb in place (outputs stay),
                                       # and write clean/*.ipynb
-    python scripts/nbsync.py --check  # exit 1 if a notebook or clean copy is out of sync, or outputs do not match code
-    python scripts/nbsync.py --strip  # also remove every output
+    python tools/nbsync.py --check  # exit 1 if a notebook or clean copy is out of sync, or outputs do not match code
+    python tools/nbsync.py --strip  # also remove every output
 
 A clean copy (clean/NN_name.ipynb, as the fastai book's clean/ folder) keeps every code cell without its outputs, and
 of the prose only the headings and the questionnaire: run each cell and say what it does before you look it up.
 
-Outputs are made by `scripts/execute_notebooks.py` only: it records the run in the notebook's metadata (shown
+Outputs are made by `tools/execute_notebooks.py` only: it records the run in the notebook's metadata (shown
 under the badges) and a hash of each code cell's source in the cell's metadata, so a cell changed afterwards
 is caught by `--check`.
 """
 import argparse, hashlib, json, os, sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'scripts'))  # the helpers package, as the scripts use it
 import helpers as h
 
 NOTEBOOKS = h.ROOT / 'notebooks'
@@ -68,7 +69,7 @@ def provenance(run):
     v = ', '.join(f'{names[k]} {run["versions"][k]}' for k in names if k in run['versions'])
     return (f'*The outputs below come from a {"run" if run.get("data") else "full-size run"} on '
             f'{run.get("data") or "the real data"} ({run["date"]}, '
-            f'{run["hardware"]}; {v}), made by `scripts/execute_notebooks.py`.*')
+            f'{run["hardware"]}; {v}), made by `tools/execute_notebooks.py`.*')
 
 
 def lines(text): return text.splitlines(keepends=True)
@@ -156,8 +157,8 @@ def main(argv=None):
         extra = sorted(set(p.name for p in CLEAN.glob('*.ipynb')) - set(p.name for p in paths))
         bad += [f'clean/{n}: no notebook of that name (remove it)' for n in extra]
     if bad:
-        print('\n'.join(bad) + '\nFix: python scripts/nbsync.py (first two cells and clean copies), then python scripts/execute_notebooks.py '
-              'NOTEBOOK to make its outputs again, or python scripts/nbsync.py --strip to remove them.')
+        print('\n'.join(bad) + '\nFix: python tools/nbsync.py (first two cells and clean copies), then python tools/execute_notebooks.py '
+              'NOTEBOOK to make its outputs again, or python tools/nbsync.py --strip to remove them.')
         return 1
     return 0
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Run the notebooks at full size on the real data and save their outputs in the committed files.
 
-    python scripts/execute_notebooks.py          # every notebook, in order (later ones use what earlier ones saved)
-    python scripts/execute_notebooks.py 01 02    # only these (a number or a file name)
+    python tools/execute_notebooks.py          # every notebook, in order (later ones use what earlier ones saved)
+    python tools/execute_notebooks.py 01 02    # only these (a number or a file name)
 
 Each notebook runs top to bottom in a fresh kernel (nbclient), in notebooks/, as a reader's would, and its file is
 replaced only once everything below holds; otherwise the run stops with the list of what is wrong, the file is
@@ -25,6 +25,7 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'scripts'))  # the helpers package, as the scripts use it
 import helpers as h
 import nbsync
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Images per second of the KMNIST DataLoaders alone (no model), for each way of building them, and of training.
 
-    python scripts/benchmark_loaders.py --data data/kmnist [--arch resnet34] [--out results/loaders.json]
+    python tools/benchmark_loaders.py --data data/kmnist [--arch resnet34] [--out results/loaders.json]
 
 With --arch it also times training steps of that model on the tensor loader: if training is far slower than the
 loader alone, the GPU never waits for data.
@@ -9,9 +9,11 @@ loader alone, the GPU never waits for data.
 The DataBlock way makes one PIL image per item; the tensor way slices whole batches from one tensor.
 Augmentation runs on the loader's device (the GPU when there is one), so it is timed separately."""
 import argparse, os, sys
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'scripts'))  # the helpers package, as the scripts use it
 import helpers as h
 
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Measure the app: preprocessing fidelity on real KMNIST, the model's time per input, and the HTTP API under load.
 
-    python scripts/benchmark_app.py --kmnist models/kmnist.pkl --data data/kmnist --fidelity 1000
-    python scripts/benchmark_app.py --kmnist models/kmnist.pkl --data data/kmnist --latency --api --load 20
-    python scripts/benchmark_app.py --kmnist models/kmnist.pkl --data data/kmnist --all --out results/app.json
+    python tools/benchmark_app.py --kmnist models/kmnist.pkl --data data/kmnist --fidelity 1000
+    python tools/benchmark_app.py --kmnist models/kmnist.pkl --data data/kmnist --latency --api --load 20
+    python tools/benchmark_app.py --kmnist models/kmnist.pkl --data data/kmnist --all --out results/app.json
 
 --fidelity N  N test images drawn as a learner would (black ink on a 400 px canvas, white or transparent, at a
               random size and place), read through the app's preprocessing: accuracy against the originals'.
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'scripts'))  # the helpers package, as the scripts use it
 import helpers as h
 
 

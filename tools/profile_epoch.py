@@ -3,20 +3,22 @@
 batch creation, each augmentation transform, forward, loss, backward, optimizer step, each callback (W&B's
 included) and validation.
 
-    python scripts/profile_epoch.py --data data/kmnist                      # the cpu preset, W&B offline
-    python scripts/profile_epoch.py --data data/kmnist --pct 0.25 --wandb off
-    python scripts/profile_epoch.py --data data/kmnist --no-speedups         # plain fp32, default threads
+    python tools/profile_epoch.py --data data/kmnist                      # the cpu preset, W&B offline
+    python tools/profile_epoch.py --data data/kmnist --pct 0.25 --wandb off
+    python tools/profile_epoch.py --data data/kmnist --no-speedups         # plain fp32, default threads
 
 How: every callback call is timed (the learner's `_call_one` is wrapped), and so is every `after_batch` transform
 of the loaders; the learner's own work is the time between two events (`before_batch` to `after_pred` is the
 forward pass, and so on). The W&B process runs beside this one, so its cost shows in the total, not in a row:
 compare `--wandb offline` with `--wandb off`."""
 import argparse, os, sys, time
+from pathlib import Path
 from collections import defaultdict
 
 import torch
 from fastai.callback.training import ShortEpochCallback
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'scripts'))  # the helpers package, as the scripts use it
 import helpers as h
 
 # The learner's work between two events (fastai's `Learner.one_batch` and `_do_one_batch`)
