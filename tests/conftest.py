@@ -102,3 +102,44 @@ def kmnist_folder(tmp_path):
     folder = tmp_path / 'mirror'
     md5s = write_kmnist(folder)
     return folder, md5s
+
+
+# Kuzushiji-Kanji: PNG folders named by code point, long-tailed. U+29780 lies in CJK Extension B and the series'
+# Japanese font has no glyph for it.
+KANJI_CODES = [0x4E00 + i for i in range(35)] + [0x29780]
+
+
+def synthetic_kanji_image(c, rng, size=32):
+    "Class `c`'s picture: white bars on black at places that depend on `c`, plus noise; a network tells them apart."
+    a = rng.integers(0, 30, size=(size, size)).astype(np.uint8)
+    s = size // 8
+    r, k = (c % 6) + 1, (c // 6) + 1
+    a[r * s:r * s + s, :] = 220       # a horizontal bar at row r
+    a[:, k * s:k * s + s // 2] = 250  # a vertical bar at column k
+    return a
+
+
+def write_kanji(root, counts=None, size=32, seed=0, codes=KANJI_CODES):
+    """`root/kkanji2/U+XXXX/*.png`, as the official archive lays them out: class i gets `counts[i]` images (default
+    1, 2, ..., up to 40: a long tail). Returns {code point folder: number of images}."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    counts = counts or [min(40, 1 + i + i * i // 30) for i in range(len(codes))]
+    made = {}
+    for c, (code, n) in enumerate(zip(codes, counts)):
+        d = Path(root) / 'kkanji2' / f'U+{code:04X}'
+        d.mkdir(parents=True, exist_ok=True)
+        for j in range(n):
+            Image.fromarray(synthetic_kanji_image(c, rng, size)).save(d / f'{rng.integers(1 << 60):016x}.png')
+        made[d.name] = n
+    return made
+
+
+def write_kanji_tar(path, counts=None, size=32, seed=0):
+    "The archive: `kkanji.tar` holding `kkanji2/` (made in a scratch folder beside it)."
+    import tarfile, tempfile
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        made = write_kanji(tmp, counts, size, seed)
+        with tarfile.open(path, 'w') as tf: tf.add(Path(tmp) / 'kkanji2', arcname='kkanji2')
+    return made

@@ -47,7 +47,8 @@ def extract_tar(tar_path, dest, quiet=False) -> Path:
     try:
         with tarfile.open(tar_path) as tf: members = tf.getmembers()
     except tarfile.TarError as e:
-        raise DownloadError(f'{tar_path.name} is not a readable tar ({e}): delete it and download again.') from e
+        why = str(e).splitlines()[-1].strip(' -)')  # tarfile lists every compression it tried, one per line
+        raise DownloadError(f'{tar_path.name} is not a readable tar archive ({why}): delete it and download again.') from None
     with tarfile.open(tar_path) as tf:
         for m in members:
             parts = Path(m.name).parts
@@ -62,7 +63,10 @@ def extract_tar(tar_path, dest, quiet=False) -> Path:
             return dest
         tmp = dest / f'.{tar_path.stem}.extracting'
         if tmp.exists(): shutil.rmtree(tmp)
-        tf.extractall(tmp, members=members)
+        try: tf.extractall(tmp, members=members)
+        except (tarfile.TarError, OSError, EOFError) as e:  # a file cut short: its data ends before its size says
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise DownloadError(f'{tar_path.name} is damaged or truncated ({e}): delete it and download again.') from None
     _move_into_place(tmp, dest, tops)
     if not quiet: print(f'  {tar_path.name}: extracted {len(members)} entries into {dest}')
     return dest

@@ -1,0 +1,158 @@
+"""The long tail: scoring a model class by class and bucket by bucket, and three ways to help the rare classes.
+
+Kuzushiji-Kanji's classes range from one image to over a thousand, so plain accuracy is carried by a few hundred
+frequent kanji. Long-tail research (Kang et al. 2020; Menon et al. 2021) reports top-1 by bucket of training images per
+class, and balanced accuracy, the mean over classes. Our buckets, by training images per class: many (more than
+100), medium (20 to 100), few (fewer than 20); the reference codes differ at the edges, so they are named here.
+
+The three ideas, each a small module that replaces or follows the network's last layer, so an exported model
+carries it:
+    LogitAdjust  subtract tau x log(class prior) from the logits (Menon et al.): no training at all
+    retrain_classifier  the last layer trained again on the frozen features, with class-balanced batches from fastai's
+                 `weighted_dataloaders` (cRT, Kang et al.)
+    NearestMean  cosine similarity to each class's mean feature (nearest class mean): a class with a single
+                 training image gets a classifier too
+Uses: settings."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EDGES = (20, 100)  # few: fewer than 20 training images; medium: 20 to 100; many: more than 100
+BUCKETS = ('many', 'medium', 'few')
+
+
+def bucket_of(counts):
+    "Each class's bucket by its number of training images: 'many' (> 100), 'medium' (20-100) or 'few' (< 20)."
+    counts = np.asarray(counts)
+    return np.where(counts > EDGES[1], 'many', np.where(counts >= EDGES[0], 'medium', 'few'))
+
+
+def as_tensor(a): return a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
+
+
+def long_tail_report(scores, targets, counts, k=5):
+    """How a model does on the long tail. `scores`: (N, classes) logits or probabilities, `targets`: (N,) true
+    classes, `counts`: training images per class. Returns top-1, top-k, balanced accuracy (the mean of the per-class
+    top-1 over the classes present) and, per bucket, top-1 with its number of classes and images."""
+    scores, targets = as_tensor(scores).float(), as_tensor(targets).long()
+    right = (scores.argmax(1) == targets).numpy()
+    topk = (scores.topk(min(k, scores.shape[1]), 1).indices == targets[:, None]).any(1).numpy()
+    t = targets.numpy()
+    classes = np.unique(t)
+    per_class = np.bincount(t, right, minlength=len(counts))[classes] / np.bincount(t, minlength=len(counts))[classes]
+    where = bucket_of(counts)[t]
+    rep = dict(top1=float(right.mean()), **{f'top{k}': float(topk.mean())}, balanced=float(per_class.mean()),
+               n_images=len(t), n_classes=len(classes))
+    for b in BUCKETS:
+        m = where == b
+        rep[b] = dict(top1=float(right[m].mean()) if m.any() else float('nan'), images=int(m.sum()),
+                      classes=int(len(np.unique(t[m]))))
+    return rep
+
+
+def report_row(rep):
+    "One flat row of a report, for a table: top-1, top-5, balanced, then each bucket's top-1."
+    return {**{k: rep[k] for k in ('top1', 'top5', 'balanced') if k in rep}, **{b: rep[b]['top1'] for b in BUCKETS}}
+
+
+def log_prior(counts):
+    "log of each class's share of the training images (a class without any gets the smallest share there is)."
+    counts = np.maximum(np.asarray(counts, dtype=np.float64), 0.5)
+    return torch.as_tensor(np.log(counts / counts.sum()), dtype=torch.float32)
+
+
+class LogitAdjust(nn.Module):
+    """Post-hoc logit adjustment (Menon et al. 2021): logits - tau x log(prior). A network trained on long-tailed
+    data learns the prior into its logits; taking it out lifts rare classes. `tau=0` changes nothing, and with
+    equal class sizes it shifts every logit alike, so no answer changes. Append it to a model: `nn.Sequential(model,
+    LogitAdjust(counts, tau))`, and the exported model carries it."""
+    def __init__(self, counts, tau=1.0):
+        super().__init__()
+        self.tau = float(tau)
+        self.register_buffer('log_prior', log_prior(counts))
+    def forward(self, x): return x - self.tau * self.log_prior.to(x.dtype)
+    def extra_repr(self): return f'tau={self.tau}'
+
+
+def adjust(logits, counts, tau):
+    "Logits adjusted by `tau` (see `LogitAdjust`), without building a module."
+    return as_tensor(logits).float() - tau * log_prior(counts)
+
+
+def features(model, dl):
+    """The inputs of `model`'s last layer (its features) for every batch of `dl`, and the targets, with no gradient:
+    what the classifier sees."""
+    feats, ys = [], []
+    hook = model[-1].register_forward_hook(lambda m, i, o: feats.append(i[0].detach().float()))
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for xb, yb in dl:
+                model(xb.as_subclass(torch.Tensor)); ys.append(yb.as_subclass(torch.Tensor))
+    finally: hook.remove()
+    return torch.cat(feats), torch.cat(ys)
+
+
+class NearestMean(nn.Module):
+    """Nearest class mean as a last layer: `scale` x the cosine similarity between an image's features and each class's
+    mean feature. Every class with at least one training image gets a classifier, trained or not, so it reads the
+    classes too small for a test split; `scale` sets how sharp the probabilities are (chosen on validation)."""
+    def __init__(self, feats, labels, n_classes, scale=16.):
+        super().__init__()
+        sums = torch.zeros(n_classes, feats.shape[1]).index_add_(0, as_tensor(labels).long(), F.normalize(feats.float(), dim=1))
+        self.register_buffer('means', F.normalize(sums, dim=1))
+        self.scale = float(scale)
+    def forward(self, x): return self.scale * F.normalize(x.float(), dim=1) @ self.means.T
+    def extra_repr(self): return f'{self.means.shape[0]} classes, scale={self.scale}'
+
+
+class Rows:
+    "A callable that picks row `i` of a tensor: a fastai transform for a `Datasets` of precomputed features."
+    def __init__(self, t): self.t = t
+    def __call__(self, i): return self.t[i]
+
+
+def retrain_classifier(train, valid, n_classes, epochs=4, lr=1e-2, bs=512, seed=42):
+    """cRT (Kang et al. 2020): a new last layer trained on the frozen network's features, with class-balanced batches:
+    fastai's `weighted_dataloaders`, each image weighted by 1 / its class's size, so every class is drawn about equally
+    often. `train`, `valid`: (features, targets). Returns the new `nn.Linear`."""
+    from fastai.data.core import Datasets
+    from fastai.callback.data import WeightedDL  # noqa: F401  (adds weighted_dataloaders to Datasets)
+    from fastai.learner import Learner
+    from fastai.losses import CrossEntropyLossFlat
+    from fastai.metrics import accuracy
+    from fastai.torch_core import set_seed
+    (ft, yt), (fv, yv) = train, valid
+    f, y = torch.cat([ft, fv]), torch.cat([yt, yv]).long()
+    dsets = Datasets(range(len(y)), tfms=[[Rows(f)], [Rows(y)]], splits=(list(range(len(yt))), list(range(len(yt), len(y)))))
+    counts = np.bincount(yt.numpy(), minlength=n_classes)
+    set_seed(seed)
+    dls = dsets.weighted_dataloaders(1 / counts[yt.numpy()], bs=bs, device='cpu')
+    head = nn.Linear(f.shape[1], n_classes)
+    learn = Learner(dls, head, loss_func=CrossEntropyLossFlat(), metrics=accuracy)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
+    return head.eval()
+
+
+def reject_curve(probs, targets):
+    """Accuracy against coverage for a reject option: sort the answers by confidence (the top probability), and for
+    each share answered (the most confident first), the accuracy on those. Returns (thresholds, coverage, accuracy)."""
+    probs, targets = as_tensor(probs).float(), as_tensor(targets).long()
+    conf, pred = probs.max(1)
+    order = conf.argsort(descending=True)
+    right = (pred == targets)[order].float().numpy()
+    n = np.arange(1, len(right) + 1)
+    return conf[order].numpy(), n / len(right), np.cumsum(right) / n
+
+
+def choose_threshold(probs, targets, accuracy=0.95):
+    """The lowest confidence at which the answers kept reach `accuracy` on these (validation) images: below it the
+    model says it is not sure. Returns (threshold, coverage, accuracy kept)."""
+    th, cov, acc = reject_curve(probs, targets)
+    ok = np.flatnonzero(acc >= accuracy)
+    if not len(ok): return 1.0, 0.0, float('nan')
+    i = ok[-1]
+    return float(th[i]), float(cov[i]), float(acc[i])
