@@ -22,13 +22,14 @@ from .settings import cpu_has_bf16, device_name, on_gpu, set_seed, use_fp16, ver
 from .tracking import finish_wandb, start_wandb
 
 
-def kmnist_cnn(n_out=10, widths=(16, 32, 64), blocks=(1, 1, 1)):
+def kmnist_cnn(n_out=10, widths=(16, 32, 64), blocks=(1, 1, 1), stem=1):
     """A small ResNet-style network for 28x28 characters, built from fastai's layers: at each width a convolution
-    (stride 2 after the first, halving the image) and `blocks` residual blocks, then average pooling, dropout and a
-    linear layer. 121k parameters against a ResNet34's 21 million, so it trains many times faster on a CPU."""
+    (stride 2 after the first, halving the image; the first one's stride is `stem`) and `blocks` residual blocks, then
+    average pooling, dropout and a linear layer. 121k parameters against a ResNet34's 21 million, so it trains many
+    times faster on a CPU."""
     layers, c_in = [], 1
     for i, (w, n) in enumerate(zip(widths, blocks)):
-        layers += [ConvLayer(c_in, w, stride=1 if i == 0 else 2)] + [ResBlock(1, w, w) for _ in range(n)]
+        layers += [ConvLayer(c_in, w, stride=stem if i == 0 else 2)] + [ResBlock(1, w, w) for _ in range(n)]
         c_in = w
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), Flatten(), nn.Dropout(0.1), nn.Linear(c_in, n_out))
 
