@@ -7,6 +7,7 @@ Examples:
     python scripts/download_data.py --dataset kmnist --mirror /path/to/classroom/copy
     python scripts/download_data.py --list
     python scripts/download_data.py --weights resnet34 resnet18 --dest classroom/   # ImageNet weights for a mirror
+    python scripts/download_data.py --dataset calligraphy --subset --dest classroom/   # notebook 05's 600 images
 """
 import argparse, sys
 
@@ -38,7 +39,13 @@ def main(argv=None):
                    help="torchvision's ImageNet weights for these ResNets (resnet18, resnet34, resnet50), into --dest "
                         "(default data/weights), checked by the hash in their names: serve them beside the data "
                         "as a classroom mirror, and notebooks 03-05 and train.py take them from there")
+    p.add_argument('--subset', action='store_true',
+                   help="calligraphy only: the 600 images (200 per style) notebook 05's committed run trained on, "
+                        "made from the full archive (downloaded into data/calligraphy/) and re-encoded as that run's "
+                        "copy was, as one zip under the archive's name in --dest (default data/calligraphy-subset): "
+                        "serve that folder as a mirror, and notebook 05 trains on exactly those images")
     a = p.parse_args(argv)
+    if a.subset and a.dataset != 'calligraphy': p.error('--subset is for --dataset calligraphy')
     if a.list:
         h.list_files(a.dataset); return 0
     if a.weights:
@@ -60,8 +67,10 @@ def main(argv=None):
     fmt = a.fmt
     try:
         h.dataset_files(a.dataset, fmt)
-        print(f'{h.DESCRIPTIONS[a.dataset]}, {h.FORMATS[fmt or next(iter(h.FILES[a.dataset]))]}')
-        dest = h.download(a.dataset, fmt, dest=a.dest, mirror=a.mirror, force=a.force)
+        print(f'{h.DESCRIPTIONS[a.dataset]}, {h.FORMATS[fmt or next(iter(h.FILES[a.dataset]))]}'
+              + (", only notebook 05's subset" if a.subset else ''))
+        if a.subset: dest = h.downloads.download_subset(dest=a.dest, mirror=a.mirror, force=a.force)
+        else: dest = h.download(a.dataset, fmt, dest=a.dest, mirror=a.mirror, force=a.force)
     except (h.DownloadError, ValueError) as e:
         print(f'\nerror: {e}', file=sys.stderr); return 1
     except KeyboardInterrupt:

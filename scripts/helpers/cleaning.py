@@ -4,17 +4,18 @@ The data set (1,829 files in 3 class folders) is real web data: a few files are 
 GBK bytes (not UTF-8), 7 groups of byte-identical duplicates (one in two classes), RGB/grayscale JPEG, PNG
 with alpha, a GIF, sizes from under 256 px to several thousand. The originals are never changed: `prepare`
 writes a new folder with safe ASCII names, and `report.csv` says why each skipped file was skipped.
+`build_subset` makes the 600-image subset of notebook 05's committed run from the full archive.
 Uses: catalogue, archives."""
 from __future__ import annotations
 
-import csv, io, os, shutil
+import csv, hashlib, io, os, shutil, zipfile
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .archives import md5sum, readable
-from .catalogue import CALLIGRAPHY_CLASSES
+from .archives import DownloadError, _class_path, _raw_name, md5sum, readable
+from .catalogue import CALLIGRAPHY_CLASSES, CALLIGRAPHY_COMMIT, CALLIGRAPHY_REPO
 
 
 REPORT_COLUMNS = ['file', 'class', 'reason']
@@ -182,3 +183,70 @@ def read_report(path):
 def calligraphy_report(dest):
     "The skipped files of a prepared folder (`dest/report.csv`) as a DataFrame: file, class, reason."
     return pd.DataFrame(read_report(dest), columns=REPORT_COLUMNS)
+
+
+SUBSET = Path(__file__).with_name('calligraphy_subset.csv')
+"""Notebook 05's committed run trained on 600 of the archive's images, 200 per style. This file names them: each
+original by the git blob sha1 and md5 of its bytes (metadata, not images), with its name and md5 in the run's copy."""
+
+
+def blob_sha1(data: bytes) -> str:
+    "Git's name for a file's bytes (`git hash-object`): how `SUBSET` finds each original in the archive."
+    return hashlib.sha1(b'blob %d\0' % len(data) + data).hexdigest()
+
+
+def reencode(data: bytes, max_side=384, max_long=1024, quality=88) -> bytes:
+    """One image as the run's copy holds it: RGB (transparency on white), shrunk with Lanczos so that the shorter side
+    is at most `max_side` and the longer at most `max_long`, JPEG at `quality` with optimised Huffman tables. Read off
+    that copy (its sizes, and its bytes where this reproduces them), not documented with it."""
+    im = to_rgb(Image.open(io.BytesIO(data)))
+    w, h = im.size
+    s = min(1, max_side / min(w, h), max_long / max(w, h))
+    if s < min(1, max_side / min(w, h)): im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.LANCZOS)
+    else: im = shrink(im, max_side)
+    out = io.BytesIO()
+    im.save(out, 'JPEG', quality=quality, optimize=True)
+    return out.getvalue()
+
+
+def build_subset(full_zip, out_zip, listing=None, quiet=False) -> dict:
+    """From the full calligraphy archive `full_zip`, write `out_zip`: only the images `listing` names (found by their
+    bytes' git blob sha1, within their class), each re-encoded as the committed run's copy was (`reencode`) under its
+    name there, in the archive's own layout (`<repo>-<commit>/data/<class>/`), so that a mirror serving it under the
+    archive's name gives notebook 05 exactly those images. Nothing is written unless every image is found.
+    `listing` (default `SUBSET`): a CSV with columns file, class, source_blob_sha1, source_md5, md5.
+    Returns {'path', 'kept': {class: n}, 'identical': how many are byte for byte the run's copy}."""
+    full_zip, out_zip = Path(full_zip), Path(out_zip)
+    with open(listing or SUBSET, newline='', encoding='utf-8') as f: rows = list(csv.DictReader(f))
+    want = {(r['class'], r['source_blob_sha1']): r for r in rows}
+    found = {}
+    try:
+        with zipfile.ZipFile(full_zip) as zf:
+            for info in zf.infolist():
+                cp = None if info.is_dir() else _class_path(_raw_name(info), CALLIGRAPHY_CLASSES)
+                if cp is None: continue
+                data = zf.read(info)
+                key = (cp[0], blob_sha1(data))
+                if key in want and key not in found: found[key] = data
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DownloadError(f'{full_zip.name} is not a readable zip ({e}): delete it and download again.') from e
+    missing = [r for k, r in want.items() if k not in found]
+    if missing:
+        raise DownloadError(f"{full_zip} lacks {len(missing)} of the {len(want)} images of notebook 05's subset (the "
+                            f"first: {missing[0]['class']}/{missing[0]['file']}, sha1 {missing[0]['source_blob_sha1']}): "
+                            f"is it the full archive of commit {CALLIGRAPHY_COMMIT[:7]}? Delete it and download again.")
+    top = f"{CALLIGRAPHY_REPO.rsplit('/', 1)[1]}-{CALLIGRAPHY_COMMIT}/data"
+    out_zip.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_zip.with_name(out_zip.name + '.part')
+    kept, identical = dict.fromkeys(CALLIGRAPHY_CLASSES, 0), 0
+    with zipfile.ZipFile(tmp, 'w', zipfile.ZIP_STORED) as z:  # JPEGs do not compress; fixed dates: the same bytes every time
+        for (c, _), r in sorted(want.items(), key=lambda kv: (kv[0][0], kv[1]['file'])):
+            img = reencode(found[c, r['source_blob_sha1']])
+            z.writestr(zipfile.ZipInfo(f"{top}/{c}/{r['file']}", date_time=(1980, 1, 1, 0, 0, 0)), img)
+            kept[c] += 1; identical += hashlib.md5(img).hexdigest() == r['md5']
+    os.replace(tmp, out_zip)
+    if not quiet:
+        print(f"  notebook 05's subset: {sum(kept.values())} images ({', '.join(f'{c} {n}' for c, n in kept.items())}) "
+              f"into {out_zip}; {identical} byte for byte as in the committed run's copy"
+              + ('' if identical == len(want) else ', the rest re-encoded a little differently (the same pictures)'))
+    return {'path': out_zip, 'kept': kept, 'identical': identical}

@@ -13,7 +13,7 @@ from pathlib import Path
 from . import settings
 from .archives import DownloadError, extract_tar, extract_zip, hash_matches_name, md5sum
 from .catalogue import CALLIGRAPHY_ZIP, HOSTS, KNOWN_MIRRORS, MIRROR_ENV, OFFICIAL_URL, dataset_files
-from .cleaning import prepare
+from .cleaning import build_subset, prepare
 
 
 def _mirror_bases(dataset, mirror=None) -> list[str]:
@@ -148,6 +148,24 @@ def download(dataset='kmnist', fmt=None, dest=None, mirror=None, force=False, md
         extract_zip(dest / CALLIGRAPHY_ZIP, dest / 'raw', force=force, quiet=quiet)
         return prepare(dest / 'raw', dest / 'prepared', max_side=max_side, force=force, quiet=quiet)['path']
     return dest
+
+
+def download_subset(dest=None, mirror=None, force=False, quiet=False) -> Path:
+    """Notebook 05's committed run trained on 600 of the calligraphy images, 200 per style: make that subset, so its
+    time and scores can be reproduced. The full archive is downloaded into data/calligraphy/ (kept: `download` uses it
+    later), and `dest` (default data/calligraphy-subset) gets one zip under the archive's own name holding only those
+    images, re-encoded as the run's copy was (`cleaning.build_subset`): serve `dest` as a mirror. Returns the zip."""
+    full_dir = settings.DATA_DIR / 'calligraphy'
+    dest = Path(dest) if dest else settings.DATA_DIR / 'calligraphy-subset'
+    if dest.resolve() == full_dir.resolve():
+        raise ValueError(f"the subset's zip has the full archive's name, and {full_dir} holds the full archive: "
+                         f"choose another --dest.")
+    out = dest / CALLIGRAPHY_ZIP
+    if out.exists() and not force:
+        if not quiet: print(f"  {out}: notebook 05's subset is already here")
+        return out
+    full = download_file(CALLIGRAPHY_ZIP, None, full_dir, mirror=mirror, dataset='calligraphy', quiet=quiet, timeout=60.)
+    return build_subset(full, out, quiet=quiet)['path']
 
 
 def weight_file(arch) -> str:
