@@ -22,9 +22,33 @@ OUT_DIR = Path(os.environ.get('KUZUSHIJI_OUT', ROOT))  # results/ and models/ go
 QUICK = os.environ.get('KUZUSHIJI_QUICK', '') not in ('', '0', 'false', 'False')
 "Quick mode (tests, CI): small data, tiny epochs. Colab and you run the same cells at full size."
 
+MPS_ENV = 'KUZUSHIJI_MPS'
+
+
+def apple_gpu():
+    "Does this machine have an Apple GPU (MPS) and no NVIDIA GPU?"
+    mps = getattr(torch.backends, 'mps', None)
+    return not torch.cuda.is_available() and mps is not None and mps.is_available()
+
+
+def choose_device():
+    """On a Mac with an Apple GPU, train on the CPU unless `KUZUSHIJI_MPS=1`. fastai would take the Apple GPU (MPS),
+    and with it the series' GPU path (notebooks 03, 04 and 06 and `train.py --preset auto` would train the article's
+    ResNet34), whose time and accuracy were never measured; the CPU path (the `cpu` preset) is the one measured. The
+    opt-in says so. Run once, at import; returns the device fastai will use."""
+    if apple_gpu():
+        if os.environ.get(MPS_ENV, '') in ('', '0', 'false', 'False'): default_device(False)  # fastai: the CPU from now on
+        else: print(f"{MPS_ENV}=1: training on the Apple GPU (MPS), a path this series has not measured: no time or "
+                    f"accuracy here is for it, and notebooks 03, 04 and 06 train the article's ResNet34 there.")
+    return default_device()
+
+
+choose_device()
+
 
 def on_gpu():
-    "True on an NVIDIA GPU or an Apple GPU (fastai's `default_device` uses either)."
+    """True on an NVIDIA GPU, or on an Apple GPU where `KUZUSHIJI_MPS=1` asked for it (fastai's `default_device`; see
+    `choose_device`)."""
     return default_device().type in ('cuda', 'mps')
 
 
