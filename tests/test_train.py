@@ -1,5 +1,5 @@
 """Training helpers and scripts/train.py: the LR rule, W&B (offline, never prompting, off), export, presets."""
-import json, os, subprocess, sys, urllib.error
+import json, os, re, subprocess, sys, urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +138,13 @@ def test_train_quick_writes_results(kmnist_data, tmp_path):
     assert r['versions']['fastai'] == '2.8.8' and r['config']['arch'] == 'kmnist_cnn' and r['weights'] == 'random'
     assert list((tmp_path / 'wandb').glob('offline-run-*')), 'the offline W&B run is on disk'
     assert not list(out.parent.glob('*.tmp'))
+    # stdout is a pipe here, as in `setup.sh > log` or CI: one line per epoch, not every update of a progress bar
+    epochs = re.findall(r'^epoch (\d)  train_loss [\d.]+  valid_loss [\d.]+  accuracy [\d.]+  error_rate [\d.]+  time [\d:]+$',
+                        p.stdout, re.M)
+    assert epochs == ['0', '1', '2'] and '\r' not in p.stdout + p.stderr and len(p.stdout) < 2000, p.stdout[-3000:]
+    from fastai.learner import load_learner
+    cbs = [type(c).__name__ for c in load_learner(r['model']).cbs]  # the exported model shows bars where it is loaded
+    assert 'ProgressCallback' in cbs and 'EpochLines' not in cbs, cbs
 
 
 def test_train_overrides_and_wandb_off(kmnist_data, tmp_path):

@@ -11,6 +11,9 @@ import numpy as np
 import torch
 from fastai.vision.all import (Adam, Callback, ConvLayer, Flatten, LabelSmoothingCrossEntropyFlat, Learner, ResBlock,
                                accuracy, error_rate, get_c, ranger, resnet18, resnet34, resnet50, to_float, vision_learner)
+from fastai.callback.progress import ProgressCallback
+from fastcore.basics import noop
+from fastcore.imports import in_notebook
 from torch import nn
 
 from .arrays import load_arrays, subsample
@@ -134,6 +137,27 @@ def cpu_settings(learn, margin=0.9):
     return dict(_MEASURED[key])
 
 
+class EpochLines(Callback):
+    """One line per epoch, for a log: piped to a file or in CI, fastai's progress bars write every update (several
+    hundred kB a run). The line holds what the bar's table would: epoch, losses, metrics, time. Respects `no_logging`."""
+    order = ProgressCallback.order
+    def before_fit(self):
+        self.old = self.learn.logger
+        if self.old is not noop: self.learn.logger = self.line
+    def after_fit(self): self.learn.logger = self.old
+    def line(self, log):
+        if len(log) < len(self.recorder.metric_names): return  # validate() and get_preds(): no row, as with the bars
+        print('  '.join(f'{n} {v:.4f}' if isinstance(v, float) else f'{n} {v}'
+                        for n, v in zip(self.recorder.metric_names, log)), flush=True)
+
+
+def bars_or_lines(learn):
+    "Progress bars in a terminal or a notebook; without either (a log file, CI), `EpochLines` instead. Returns `learn`."
+    if not (sys.stdout.isatty() or in_notebook()) and any(isinstance(c, ProgressCallback) for c in learn.cbs):
+        learn.remove_cb(ProgressCallback); learn.add_cb(EpochLines())
+    return learn
+
+
 OPTIMIZERS = {'adam': Adam, 'ranger': ranger}  # ranger: fastai's RAdam with Lookahead (an average of recent weights)
 
 
@@ -150,7 +174,7 @@ def learner_for(cfg, dls, cbs=(), n_in=1):
                          opt_func=OPTIMIZERS[opt])
     if cfg['fp16'] and use_fp16(): learn.to_fp16()
     elif not on_gpu() and cfg.get('speedups', True): learn.add_cb(CPUSpeedups(**cpu_settings(learn)))
-    return learn
+    return bars_or_lines(learn)
 
 
 def speed_summary(learn):
@@ -171,6 +195,7 @@ def export(learn, path):
     the training data with them)."""
     finish_wandb(learn)
     if any(isinstance(c, CPUSpeedups) for c in learn.cbs): learn.remove_cb(CPUSpeedups)
+    if any(isinstance(c, EpochLines) for c in learn.cbs): learn.remove_cb(EpochLines).add_cb(ProgressCallback())  # bars where it is loaded
     path = Path(path).resolve(); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + '.tmp')
     members = learn.__dict__.pop('members', None)
