@@ -7,7 +7,9 @@ What counts as quoted, and where it must be found:
   from a longer number, or a fraction printed as a percentage) or in its text (prose and code: most of an answer
   retells what the cells say). "about 5,000" may round a printed 4,991 to its last non-zero digit. A number from
   elsewhere must name its source in the same parentheses, e.g.
-  "(README)" or "(results/best-cpu-stroke.json)", and is then skipped.
+  "(README)" or "(results/best-cpu-stroke.json)", and is then skipped. A number in a sentence that says "committed
+  run" must be in the cells the answer cites. A small number (3, 128) is likely to be in a notebook by chance, so the
+  check is strongest for the distinctive ones, such as measured speeds, times and scores.
 - TEACHING.md's time table: in the column that says what takes the time, every time (`N s`, `N minutes`) must be in
   that notebook, unless the cell names its source in parentheses (README, results/, tests/nbrun.py ...). The
   top-to-bottom times come from `tools/execute_notebooks.py`'s runs, which the table's header says; they are not in
@@ -50,10 +52,12 @@ def forms(number):
 
 
 class Notebook:
-    def __init__(self, path):
+    def __init__(self, path, only=None):
+        "`only`: the numbers of the cells (1-based) to read numbers from; default all."
         self.path, self.cells = path, json.loads(path.read_text(encoding='utf-8'))['cells']
         self.numbers, self.values = set(), []
-        for c in self.cells:
+        for i, c in enumerate(self.cells, 1):
+            if only is not None and i not in only: continue
             for m in NUMBER.findall(cell_text(c)):
                 self.numbers |= forms(m)
                 try: self.values.append(float(m.replace(',', '').rstrip('%')))
@@ -156,7 +160,21 @@ def test_answers_quote_numbers_their_notebook_has(notebooks):
                 at = text.find(n)
                 bad.append(f'ANSWERS.md line {line} ({nb} Q{q}): {n!r} in "...{text[max(0, at - 50):at + 30]}..." is not in '
                            f'{NOTEBOOKS[nb].name} (outputs or text)')
+        bad += committed_problems(notebooks[nb], f'ANSWERS.md line {line} ({nb} Q{q})', text)
     assert not bad, '\n'.join(bad)
+
+
+def committed_problems(nb, where, text):
+    "Numbers of a sentence that says 'committed run' must be in the cells the answer cites."
+    cited = {i for m in CELLS.finditer(text) for i in cells(m[1])}
+    in_cells, bad = Notebook(nb.path, only=cited), []
+    for sentence in re.split(r'(?<=[.;])\s', text):
+        if 'committed run' not in sentence: continue
+        for n, about in quoted_numbers(sentence):
+            if nb.has(n, about) and not in_cells.has(n, about):
+                bad.append(f'{where}: {n!r}, from the committed run, is in {nb.path.name} but not in the cells the '
+                           f'answer cites ({", ".join(map(str, sorted(cited))) or "none"})')
+    return bad
 
 
 def teaching_rows():
@@ -202,5 +220,8 @@ def test_the_checks_can_fail(tmp_path):
     assert cited_problems(n, 'A', '*Cells 5 and 9.*') == ['A: cites cell 9; 09_x.ipynb has 6 cells']
     assert cited_problems(n, 'A', '*"The model", cell 5.*') == ['A: cites "The model", which is no section of 09_x.ipynb']
     assert cited_problems(n, 'A', '*Intro, cell 5.*')[0].startswith('A: cites Intro for cell 5')
+    assert committed_problems(n, 'A', '*Section 1, cell 5.* In the committed run, 460 images/s.') == []
+    assert committed_problems(n, 'A', '*Section 1, cell 4.* In the committed run, 460 images/s.') == [
+        "A: '460', from the committed run, is in 09_x.ipynb but not in the cells the answer cites (4)"]
     assert quoted_numbers('*Section 1, cell 5.* about 340 images per second (cell 5), `lr=3e-3`, 28x28, notebook 04, '
                           '167 s (README), about 5,000') == [('340', True), ('28', False), ('28', False), ('5,000', True)]
