@@ -1,8 +1,9 @@
 """Settings: where data and results live, quick mode, the device, versions, atomic JSON.
 
-The bottom of the helpers: it imports no other helpers module. Set `KUZUSHIJI_DATA`, `KUZUSHIJI_OUT` or
-`KUZUSHIJI_QUICK` in the environment before the first `import helpers`; the other modules read
-`settings.DATA_DIR` and `settings.OUT_DIR` when they run, so tests can point them elsewhere."""
+The bottom of the helpers: it imports no other helpers module. Set `KUZUSHIJI_DATA`, `KUZUSHIJI_OUT`,
+`KUZUSHIJI_QUICK` or `KUZUSHIJI_MPS` (a Mac's Apple GPU: `choose_device`) in the environment before the first
+`import helpers`; the other modules read `settings.DATA_DIR` and `settings.OUT_DIR` when they run, so tests can point
+them elsewhere."""
 from __future__ import annotations
 
 import json, os, platform, warnings
