@@ -15,9 +15,13 @@
     training     models, learners, one reproducible run of a preset, export, the batch-size study's plot
     validation   a validation set that looks like the test set (adversarial validation)
     calligraphy  calligraphy DataLoaders and progressive resizing
+    kanji        Kuzushiji-Kanji: class folders by code point, labels as characters, a split by file-name hash, arrays
+    longtail     the long tail: scores by bucket, logit adjustment, classifier retraining, nearest class mean, reject
+    kanji_training  notebook 08's recipe as one run (train.py --dataset kkanji)
     inference    preprocessing per kind of input (drawing, character image, photo), loading a model, top-k
     app          the Gradio web app around inference (not imported here: `import helpers.app` loads Gradio, which
                  takes seconds that every other notebook and script would pay for nothing)
+    web          the model for the static web page: ONNX export checked against fastai, labels, font, examples
 
 Notebooks and scripts write `import helpers` and `helpers.<name>`: this file only hands the public names on,
 so `helpers.kmnist_dls` is `helpers.dataloaders.kmnist_dls`."""
@@ -35,7 +39,7 @@ from .dataloaders import (ArrayDataset, ArrayDL, benchmark_loader, char_augment,
 from .plots import class_counts, file_table, japanese_font, label_name, plot_class_balance, show_examples
 from .lr import RawLossRecorder, article_rule, find_lr, plot_lr_find, smooth
 from .tracking import SeededWandbCallback, finish_wandb, start_wandb, wandb_logged_in
-from .presets import CALLIGRAPHY_PRESETS, PRESETS, auto_preset, make_config
+from .presets import CALLIGRAPHY_PRESETS, KANJI_PRESETS, PRESETS, auto_preset, make_config
 from .recipes import (ElasticWarp, EraseStrokes, Stretch, StrokeWidth, brush_augment, get_probs, hard_cases, mixing_callback,
                       plot_hard_cases, score, scores)
 from .training import (ARCHS, CPUSpeedups, cpu_settings, export, history, kmnist_cnn, kmnist_cnn_deep, kmnist_cnn_wide,
@@ -43,6 +47,11 @@ from .training import (ARCHS, CPUSpeedups, cpu_settings, export, history, kmnist
                        training_speed)
 from .validation import test_like_split, test_likeness
 from .calligraphy import SeenSizes, calligraphy_dls, calligraphy_folder, limit_per_class, progressive_resizing
-from .inference import (COMMANDS, InputError, NoInk, as_drawing, ink, is_kmnist_image, kmnist_input, label_text, latency,
-                        load_model, model_kind, photo_input, predict, predict_files, prepare_input, probabilities, read_image,
-                        top_k)
+from .kanji import char_of, code_point, kanji_files, kanji_label, load_kanji, split_parts
+from .longtail import (BUCKETS, LogitAdjust, NearestMean, bucket_of, choose_threshold, long_tail_report, reject_curve,
+                       report_row, retrain_classifier)
+from .kanji_training import kanji_cnn, run_kanji, with_method
+from .inference import (COMMANDS, InputError, NoInk, as_drawing, char_input, ink, input_size, is_kmnist_image, kmnist_input,
+                        label_text, latency, load_model, model_kind, photo_input, predict, predict_files, prepare_input,
+                        probabilities, read_image, top_k)
+from .web import ExportError, check_onnx, check_sample, export_onnx, export_page, onnx_probabilities, page_labels

@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""Export a trained character model for the web page: ONNX, checked against fastai, with the page's labels, font
+and training examples, into one folder that scripts/build_site.py turns into the site.
+
+    python scripts/export_onnx.py models/kmnist.pkl web/model                 # then: python scripts/build_site.py
+    python scripts/export_onnx.py models/kmnist.pkl web/model --check-only    # does web/model still match the model?
+    python scripts/export_onnx.py models/k49.pkl web/model --dataset k49 --top 5 --examples 2
+
+The export checks itself: on 300 test images the ONNX model, run by onnxruntime, must give the fastai model's top
+answer and probabilities within 1e-4; otherwise it stops with one sentence and exit status 1. It needs the data the
+model was trained on (--data, default data/<dataset>): test images for the check, training images to show beside
+the answers. Loading a model unpickles code: pass only model files you made or trust."""
+import argparse, json, sys
+from pathlib import Path
+
+import helpers as h
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], epilog=__doc__.split('\n', 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('model', help='a model exported by notebook 04 or scripts/train.py (e.g. models/kmnist.pkl)')
+    p.add_argument('folder', help="where to write the page's model (web/model is the one the site is built from)")
+    p.add_argument('--data', help='folder of the downloaded data set (default data/<dataset>)')
+    p.add_argument('--dataset', choices=['kmnist', 'k49'], help='default: kmnist for 10 classes, k49 for 49')
+    p.add_argument('--top', type=int, default=3, metavar='K', help='how many answers the page shows (default 3)')
+    p.add_argument('--examples', type=int, metavar='N',
+                   help="training images shown per class (default: the app's 4; 0: none)")
+    p.add_argument('--check-only', action='store_true', help='only check an existing export against the model')
+    a = p.parse_args(argv)
+    if a.top < 1: p.error('--top must be at least 1')
+    if a.examples is not None and a.examples < 0: p.error('--examples must be 0 or more')
+    try:
+        learn = h.load_model(a.model)
+        dataset = a.dataset or ('k49' if len(learn.dls.vocab) == 49 else 'kmnist')
+        try:
+            train, test, _ = h.load_arrays(a.data, dataset=dataset)
+        except (FileNotFoundError, ValueError) as e:
+            raise h.ExportError(f'No {dataset} data to check the export on ({type(e).__name__}: {e}); download it '
+                                f'with `python scripts/download_data.py --dataset {dataset}` or pass --data.') from None
+        if a.check_only:
+            cfg_file = Path(a.folder) / 'model.json'
+            if not cfg_file.is_file(): raise h.ExportError(f'No export in {a.folder}: run this without --check-only.')
+            cfg = json.loads(cfg_file.read_text(encoding='utf-8'))
+            pick = h.check_sample(test[0], cfg['check']['images'])
+            res = h.check_onnx(learn, Path(a.folder) / cfg['model'], test[0][pick])
+            print(f"{a.folder}/{cfg['model']} matches {a.model}: the same top answer on {res['images']} test images, "
+                  f"probabilities within {res['max_difference']:.1g}.")
+            return 0
+        cfg = h.export_page(learn, a.folder, train, test, top=a.top, per_class=a.examples, source=Path(a.model).name)
+    except h.InputError as e:  # ExportError is one
+        print(f'error: {e}', file=sys.stderr); return 1
+    chk = cfg['check']
+    print(f"Exported {a.model} to {a.folder}: model.onnx {cfg['bytes'] / 1e3:,.0f} kB, {len(cfg['labels'])} classes, "
+          f"{cfg['input']['size']}x{cfg['input']['size']} input; checked on {chk['images']} test images (the same top "
+          f"answer, probabilities within {chk['max_difference']:.1g}).\n"
+          f"Build the page: python scripts/build_site.py --model {a.folder}  (after `npm ci` in web/ once)")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

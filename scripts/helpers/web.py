@@ -1,0 +1,214 @@
+"""The model on a static web page: a trained character model exported to ONNX for ONNX Runtime Web, checked against
+fastai, with everything the page needs beside it in one folder. The page (web/, built by scripts/build_site.py)
+needs no server: hosting a Gradio app on Hugging Face Spaces is no longer free, a static page on GitHub Pages is.
+
+    export_page(learn, folder, train, test)  folder/model.onnx, model.json, font.css, examples.png; checked
+    check_onnx(learn, onnx_file, images)     the self-check: same top-1 and probabilities within 1e-4, or ExportError
+
+The graph reads what the page's preprocessing makes, the image `kmnist_input` returns: one uint8 image, shape
+(1, 1, S, S), white ink on black. The learner's validation transforms (IntToFloatTensor's /255, Normalize's mean and
+std) and the softmax are inside it, so the page feeds pixels and reads probabilities, and cannot normalise with
+other numbers than the learner did. The shape is fixed: ONNX Runtime plans a fixed graph once, and the page reads
+one drawing at a time.
+The exporter is torch.onnx.export's default in torch 2.14 (dynamo=True, from torch.export): the TorchScript one
+still runs but is deprecated. It needs onnxscript and onnx (requirements.txt pins onnxscript 0.7.2, onnx 1.23.2,
+onnx-ir 1.1.0: the newest on PyPI, installed and working with torch 2.14.1); the self-check needs onnxruntime,
+pinned at 1.31.1, the version of the page's onnxruntime-web (web/package.json), so both run the same kernels.
+model.json carries what the page's JavaScript must agree on with Python: the input size, the labels as shown, how
+many answers to show, the ink level and contrast of `helpers.inference`, the canvas and brush of the Gradio app.
+A kanji model (thousands of classes, 32x32) uses the same page by export alone: labels a font lacks show as their
+code point, and `top` says how many answers to show.
+Uses: inference; app (lazily: it loads Gradio) for the font and the training examples."""
+from __future__ import annotations
+
+import hashlib, io, json, os, warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastai.vision.augment import RandomResizedCropGPU, RandTransform, Resize
+from PIL import Image
+
+from .inference import INK_LEVEL, MIN_CONTRAST, InputError, label_text, model_kind, probabilities
+
+FORMAT = 1             # model.json's format; the page refuses another
+N_CHECK = 300          # test images the self-check reads
+TOLERANCE = 1e-4       # the largest difference in probability the self-check accepts
+ROWS_PER_SHEET = 256   # classes per examples image: a kanji model's 3,832 x 32 px would be too tall for one
+FILES = ('model.onnx', 'model.json', 'font.css')  # and examples*.png
+
+
+class ExportError(InputError):
+    "The export cannot be made or does not match the fastai model; the message says what to do, in one sentence."
+
+
+class PageModel(torch.nn.Module):
+    """The learner's model between the page's pixels and its probabilities: uint8 (1, 1, S, S) -> /255, the
+    learner's Normalize, the model, softmax."""
+    def __init__(self, model, div, mean, std):
+        super().__init__()
+        self.model, self.div = model, float(div)
+        self.register_buffer('mean', torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1))
+        self.register_buffer('std', torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1))
+
+    def forward(self, pixels):
+        return self.model((pixels.float() / self.div - self.mean) / self.std).softmax(-1)
+
+
+def input_size(learn):
+    "The side of the square image the learner reads (28 for KMNIST), from its (empty, exported) validation set."
+    x = getattr(learn.dls.valid.dataset, 'x', None)
+    if x is None or x.ndim != 3 or x.shape[1] != x.shape[2]:
+        raise ExportError('This model was not trained on square grayscale images held as arrays (helpers.kmnist_dls), '
+                          'so its input size is unknown: export a model trained by this series on characters.')
+    return int(x.shape[-1])
+
+
+def page_model(learn):
+    """`PageModel` for this learner, in eval mode, after reading its validation transforms: IntToFloatTensor and
+    Normalize go into the graph, training-only augmentations are skipped, anything else is refused (the page could
+    not reproduce it). The self-check then judges the graph against the learner's own pipeline."""
+    div, mean, std = 1.0, [0.0], [1.0]
+    for t in learn.dls.after_batch.fs:
+        name = type(t).__name__
+        # fastai's random augmentations act on training batches only (their split_idx is 0 until a test_dl resets
+        # it to 1, so the class says it: RandTransform); its random crops and resizes act on validation too
+        if isinstance(t, RandTransform) and not isinstance(t, (RandomResizedCropGPU, Resize)): continue
+        if name == 'IntToFloatTensor': div = float(t.div)
+        elif name == 'Normalize': mean, std = t.mean.flatten().tolist(), t.std.flatten().tolist()
+        else: raise ExportError(f'The validation transform {name} cannot go into the page\'s graph: export a model '
+                                f'whose validation transforms are only IntToFloatTensor and Normalize.')
+    return PageModel(learn.model, div, mean, std).eval(), dict(div=div, mean=mean, std=std)
+
+
+def export_onnx(learn, path):
+    "The learner as a fixed-shape ONNX graph (uint8 pixels in, probabilities out) at `path`; returns the bytes."
+    size = input_size(learn)
+    wrapper, _ = page_model(learn)
+    example = torch.zeros(1, 1, size, size, dtype=torch.uint8)
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter('ignore')  # the exporter's own progress notes and deprecations of torch internals
+        program = torch.onnx.export(wrapper, (example,), dynamo=True, input_names=['pixels'],
+                                    output_names=['probabilities'], verbose=False)
+        tmp = path.with_name(path.name + '.tmp')
+        program.save(tmp)
+    os.replace(tmp, path)
+    return path.stat().st_size
+
+
+def onnx_probabilities(onnx_file, images):
+    "Run the exported graph with onnxruntime (CPU, one thread: as the page does) on uint8 images (N, S, S)."
+    import onnxruntime as ort
+    opts = ort.SessionOptions(); opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(onnx_file), opts, providers=['CPUExecutionProvider'])
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: np.asarray(a, np.uint8)[None, None]})[0] for a in images])
+
+
+def check_onnx(learn, onnx_file, images, tol=TOLERANCE):
+    """The self-check: on `images` (uint8, N x S x S), the ONNX graph run by onnxruntime must give the fastai
+    model's top-1 (`helpers.probabilities`, through the learner's own transforms) and probabilities within `tol`.
+    A tie (the fastai model's top two closer than `tol`) may go either way. Returns {'images', 'max_difference'};
+    raises ExportError with one sentence otherwise."""
+    images = np.asarray(images, np.uint8)
+    want = probabilities(learn, list(images))
+    try:
+        got = onnx_probabilities(onnx_file, images)
+    except Exception as e:  # a damaged or foreign file: onnxruntime's errors are many and long
+        raise ExportError(f'{onnx_file} cannot be run by onnxruntime ({type(e).__name__}): export the model again.') from None
+    if got.shape != want.shape:
+        raise ExportError(f'{onnx_file} gives {got.shape[-1]} probabilities per image but the model has '
+                          f'{want.shape[-1]} classes: it was exported from another model; export this one again.')
+    diff = float(np.abs(got - want).max())
+    top2 = np.sort(want, 1)[:, -2:]
+    wrong = int(((got.argmax(1) != want.argmax(1)) & (top2[:, 1] - top2[:, 0] > tol)).sum())
+    if wrong or not diff <= tol:
+        raise ExportError(f'{onnx_file} does not match the fastai model: on {len(images)} test images the top answer '
+                          f'differs for {wrong} and probabilities by up to {diff:.2g} (allowed {tol:g}); export the '
+                          f'model again, and do not edit the file.')
+    return dict(images=len(images), max_difference=diff)
+
+
+def page_labels(vocab):
+    """How each class reads on the page: label_text ('お (o)'); a character that the page's font (IPAexGothic)
+    lacks reads as its code point, 'U+2A6A5', since a computer without a font for it would draw a box."""
+    from fontTools.ttLib import TTFont
+    import matplotlib_fontja
+    cmap = TTFont(Path(matplotlib_fontja.__file__).parent / 'fonts' / 'ipaexg.ttf').getBestCmap()
+    def show(c):
+        c = str(c)
+        missing = [ch for ch in c if ord(ch) >= 0x2E80 and ord(ch) not in cmap]
+        return ' '.join(f'U+{ord(ch):04X}' for ch in c) if missing else label_text(c)
+    return [show(c) for c in vocab]
+
+
+def example_sheets(examples, classes, size, per_class):
+    """Training examples as PNG sheets, one row per class (in the order of `classes`, black where a class has none),
+    `per_class` images across, at most ROWS_PER_SHEET rows a sheet: [PNG bytes, ...]."""
+    sheets = []
+    for start in range(0, len(classes), ROWS_PER_SHEET):
+        rows = classes[start:start + ROWS_PER_SHEET]
+        a = np.zeros((len(rows) * size, per_class * size), np.uint8)
+        for r, c in enumerate(rows):
+            for j, img in enumerate(examples.get(str(c), [])[:per_class]):
+                a[r * size:(r + 1) * size, j * size:(j + 1) * size] = img
+        buf = io.BytesIO(); Image.fromarray(a).save(buf, format='PNG', optimize=True)
+        sheets.append(buf.getvalue())
+    return sheets
+
+
+def check_sample(x, n=N_CHECK, seed=0):
+    "The indices of the test images the self-check reads: a seeded sample of `n`, sorted, the same on every check."
+    return np.sort(np.random.default_rng(seed).choice(len(x), min(n, len(x)), replace=False))
+
+
+def export_page(learn, folder, train=None, test=None, top=3, per_class=None, n_check=N_CHECK, source=None):
+    """Everything the page needs from a learner, written to `folder`: model.onnx (checked with `check_onnx` on
+    `n_check` images of `test`, a seeded sample), model.json, font.css (the subset font for its labels, as the Gradio
+    app makes it) and examples*.png (`per_class` training images of each class from `train`, as the app picks them,
+    by default as many as the app shows; none without `train` or with 0). `train` and `test` are `(x, y)` arrays. Returns the model.json dict."""
+    if model_kind(learn) == 'calligraphy':
+        raise ExportError('The page reads drawn characters; a calligraphy model reads photos: export a KMNIST model.')
+    if test is None or not len(test[0]):
+        raise ExportError('The export checks itself on test images: pass the data folder (--data data/kmnist; '
+                          'python scripts/download_data.py --dataset kmnist downloads it).')
+    from . import app  # loads Gradio (seconds): only here, for the font and the examples
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    size, vocab = input_size(learn), [str(c) for c in learn.dls.vocab]
+    x = np.asarray(test[0], np.uint8)
+    if x.shape[1:] != (size, size):
+        raise ExportError(f'The test images are {x.shape[1]}x{x.shape[2]} but the model reads {size}x{size}: pass the '
+                          f'data the model was trained on.')
+    n_bytes = export_onnx(learn, folder / 'model.onnx')
+    check = check_onnx(learn, folder / 'model.onnx', x[check_sample(x, n_check)])
+    _, norm = page_model(learn)
+    shown = page_labels(vocab)
+    (folder / 'font.css').write_text(
+        '/* The page\'s font for its Japanese labels: a subset of IPAexGothic (IPA Font License v1.0), made by '
+        'helpers.app.font_css */\n' + app.font_css(' '.join(shown)), encoding='utf-8')
+    for old in folder.glob('examples*.png'): old.unlink()
+    per_class = app.N_EXAMPLES if per_class is None else per_class
+    examples = app.training_examples(vocab, train, per_class) if train is not None and per_class else None
+    sheets = []
+    if examples:
+        for i, png in enumerate(example_sheets(examples, vocab, size, per_class)):
+            sheets.append(f'examples{i if i else ""}.png'); (folder / sheets[-1]).write_bytes(png)
+    cfg = dict(format=FORMAT, model='model.onnx', bytes=n_bytes,
+               sha256=hashlib.sha256((folder / 'model.onnx').read_bytes()).hexdigest(),
+               input=dict(name='pixels', size=size, dtype='uint8', layout='1x1xSxS, white ink on black'),
+               output='probabilities', labels=vocab, shown=shown, top=min(int(top), len(vocab)),
+               ink_level=INK_LEVEL, min_contrast=MIN_CONTRAST, canvas=app.CANVAS, brush=app.BRUSH,
+               normalisation=dict(norm, note='inside the graph: the page feeds uint8 pixels'),
+               examples=dict(sheets=sheets, size=size, per_class=per_class, rows_per_sheet=ROWS_PER_SHEET,
+                             missing=[c for c in vocab if c not in examples]) if examples else None,
+               check=dict(check, tolerance=TOLERANCE, onnxruntime=_version('onnxruntime')),
+               source=source, versions=dict(torch=torch.__version__, onnx=_version('onnx'),
+                                            onnxscript=_version('onnxscript')))
+    (folder / 'model.json').write_text(json.dumps(cfg, indent=1, ensure_ascii=False) + '\n', encoding='utf-8')
+    return cfg
+
+
+def _version(package):
+    from importlib.metadata import version
+    return version(package)
