@@ -9,13 +9,17 @@
     python scripts/train.py --dataset kmnist --preset best --quick            # any preset's recipe, in seconds
     python scripts/train.py --dataset calligraphy --data DIR --out results/calligraphy.json   # progressive resizing
     python scripts/train.py --dataset kmnist --model models/kmnist.pkl && python scripts/app.py --kmnist models/kmnist.pkl
+    python scripts/train.py --dataset kkanji --preset cpu                     # Kuzushiji-Kanji: notebook 08's recipe
 
 KMNIST presets: article (ResNet34, bs 128, 10 epochs, one-cycle, fp16 on a GPU), cpu, quick; best-cpu and best
 (notebook 07: best-cpu is a CNN twice as wide, 20 epochs, about 20 minutes on 2 CPU cores; best is a ResNet34 for a
 GPU with mixup and test-time augmentation, 20 epochs, unmeasured); the default, auto, is article on a GPU and cpu
 without one (a ResNet34 takes hours on a CPU).
 Calligraphy presets: article (ResNet34, 128 px then 256 px, frozen then unfrozen), cpu, quick; --size S trains at
-S then 2S pixels and --epochs sets the unfrozen epochs of each stage. Any setting can be overridden."""
+S then 2S pixels and --epochs sets the unfrozen epochs of each stage.
+Kuzushiji-Kanji presets: cpu (notebook 08's CNN at 32 px and the long-tail method it chose, about 10 minutes of
+training on 2 CPU cores) and quick; the model it exports reads kanji in the app and predict.py, and says when it is
+not sure. Any setting can be overridden."""
 import argparse, sys
 
 import helpers as h
@@ -31,7 +35,7 @@ def learning_rate(s):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0], epilog=__doc__.split('\n', 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--dataset', default='kmnist', choices=['kmnist', 'k49', 'calligraphy'])
+    p.add_argument('--dataset', default='kmnist', choices=['kmnist', 'k49', 'calligraphy', 'kkanji'])
     p.add_argument('--data', help='folder holding the downloaded files (default data/<dataset>); for calligraphy, '
                                   'a folder of class folders (prepared once into data/cache/)')
     p.add_argument('--out', default='results/results.json', help='where to write the results (JSON)')
@@ -58,6 +62,7 @@ def main(argv=None):
         p.error('kmnist_cnn reads 28x28 grayscale characters; for calligraphy choose a ResNet')
     if a.n_per_class is not None and a.dataset != 'calligraphy':
         p.error('--n-per-class is for --dataset calligraphy')
+    if a.dataset == 'kkanji': return kanji(p, a)
     preset = h.auto_preset() if a.preset == 'auto' else a.preset
     if a.dataset == 'calligraphy' and preset not in h.CALLIGRAPHY_PRESETS:
         p.error(f"calligraphy presets are {', '.join(h.CALLIGRAPHY_PRESETS)}; {preset} is for KMNIST")
@@ -95,6 +100,29 @@ def main(argv=None):
           f"Model: {model} (try it: python scripts/app.py --{'calligraphy' if a.dataset == 'calligraphy' else 'kmnist'} {model})")
     if len(res.get('members', [])) > 1:  # the app reads one model
         print(f"An ensemble: the model exported is its first member, test accuracy {res['members'][0]['test']:.4f} alone")
+    return 0
+
+
+def kanji(p, a):
+    "`--dataset kkanji`: notebook 08's recipe, its long-tail method and reject threshold, the test set read at the end."
+    preset = 'cpu' if a.preset == 'auto' else a.preset
+    if preset not in h.KANJI_PRESETS: p.error(f"Kuzushiji-Kanji presets are {', '.join(h.KANJI_PRESETS)}, not {preset}")
+    bad = [f'--{n}' for n in ('arch', 'n_per_class', 'pretrained') if getattr(a, n) is not None] + ['--quick'] * a.quick
+    if bad: p.error(f"{', '.join(bad)}: not for --dataset kkanji (use --preset quick for a quick run)")
+    cfg = h.make_config('kkanji', preset, epochs=a.epochs, bs=a.bs, lr=None if a.lr == 'auto' else a.lr, size=a.size,
+                        seed=a.seed, wandb='off')
+    print(f"kkanji, preset {preset}: {cfg['arch']} at {cfg['size']} px, {cfg['epochs']} epochs, bs {cfg['bs']}, "
+          f"lr {cfg['lr']}, then {cfg['method']}, on {h.device_name()}", flush=True)
+    try: res, learn = h.run_kanji(cfg, a.data)
+    except (FileNotFoundError, ValueError, h.DownloadError) as e:  # DataFormatError is a ValueError
+        print(f'error: {e}', file=sys.stderr); return 1
+    model = h.export(learn, a.model or h.settings.OUT_DIR / 'models' / f"kkanji{'-quick' if preset == 'quick' else ''}.pkl")
+    h.write_json({**res, 'model': str(model)}, a.out)
+    row = lambda r: (f"top-1 {r['top1']:.2%}, top-5 {r['top5']:.2%}, balanced {r['balanced']:.2%}; by bucket: " +
+                     ', '.join(f"{b} {r[b]['top1']:.2%}" for b in h.BUCKETS))
+    print(f"test, plain:      {row(res['test'])}\ntest, {res['method']}: {row(res['test_method'])}\n"
+          f"{res['seconds']:.0f} s of training, {res['images_per_second']:,.0f} images/s. Results: {a.out}\n"
+          f"Model: {model} (try it: python scripts/app.py --kkanji {model})")
     return 0
 
 

@@ -11,7 +11,12 @@ Beside its answer the app shows a few training images of each of its top classes
 character from, the classical forms (hentaigana included) that share one modern label. So a learner who draws a
 modern は sees the brush forms the model also reads as は, and can check the model, as KuLA shows example images per
 character. They are picked once, when the app starts, from the KMNIST files the learner downloaded.
-Uses: arrays, inference."""
+
+A Kuzushiji-Kanji model (notebook 08) gets a tab of its own: its top 5, and beside each a few of its training images
+and how many it learned that kanji from, so a learner sees when an answer rests on a single example; below the
+confidence notebook 08 chose on validation, it says it is not sure. Its brush is a little thinner: kanji strokes are
+8.8% of the frame, KMNIST's 9.5% (notebook 08 measures both).
+Uses: arrays, inference, kanji."""
 from __future__ import annotations
 
 import base64, html, io, os
@@ -22,26 +27,35 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from .arrays import load_arrays  # noqa: E402
+from .arrays import DataFormatError, load_arrays  # noqa: E402
 from .inference import InputError, NoInk, label_text, predict  # noqa: E402
+from .kanji import find_root, kanji_files, split_parts  # noqa: E402
 
 CANVAS = 400
 BRUSH = 34  # stroke width in canvas pixels (see the module's docstring)
-SEEN_SIZE = 140  # the 28x28 input is shown 5x larger, each pixel a square
+KANJI_BRUSH = 30  # the same proportion for kanji: 8.8% of the frame (notebook 08)
+SEEN_SCALE = 5  # the model's input is shown 5x larger, each pixel a square (28x28 as 140x140)
+SEEN_SIZE = 28 * SEEN_SCALE
 EXAMPLE_SIZE = 56  # training examples are shown 2x larger
 N_EXAMPLES = 4  # training examples per class
+N_KANJI = 5  # the kanji tab's answers
+N_KANJI_EXAMPLES = 3  # training images shown per kanji (a rare one may have fewer)
 EMPTY = 'Nothing to read yet: draw a character on the canvas, then press **Read it**.'
-# Take the sketchpad's brush tool once the page has loaded and after every Clear (which puts it down again), so
-# that the first stroke draws: retried until the button exists and is highlighted.
+# Take the sketchpad's brush tool once the page has loaded, after every Clear (which puts it down again) and when its
+# tab is opened, so that the first stroke draws: retried until the button exists and is highlighted.
 SELECT_BRUSH = """() => { const pick = (n) => {
-  const b = document.querySelector('#drawing button[aria-label="Brush"]');
+  const b = document.querySelector('#%s button[aria-label="Brush"]');
   if (b && b.classList.contains('highlight')) return;
   if (b) b.click();
   if (n > 0) setTimeout(() => pick(n - 1), 200); }; setTimeout(() => pick(25), 100); }"""
 # Clear with the sketchpad's own "Clear canvas" tool, then take the brush again. (Resetting the component's value
 # from Python, as gr.ClearButton does, blanked the canvas but let strokes drawn soon after bring old ones back.)
-CLEAR_CANVAS = """() => { document.querySelector('#drawing button[aria-label="Clear canvas"]')?.click();
-  (%s)(); }""" % SELECT_BRUSH
+CLEAR_CANVAS = """() => { document.querySelector('#%s button[aria-label="Clear canvas"]')?.click();
+  (%s)(); }"""
+
+
+def select_brush(pad): return SELECT_BRUSH % pad
+def clear_canvas(pad): return CLEAR_CANVAS % (pad, select_brush(pad))
 
 
 PAGE_FONT = 'Kuzushiji page'  # the family name of the page's own font for its Japanese and Chinese characters
@@ -85,8 +99,8 @@ def as_label(preds):
 
 
 def seen_image(x):
-    "The model's 28x28 input, enlarged with square pixels, for the page."
-    return Image.fromarray(x).resize((SEEN_SIZE, SEEN_SIZE), Image.NEAREST)
+    "The model's input (28x28, or 32x32 for kanji), enlarged 5x with square pixels, for the page."
+    return Image.fromarray(x).resize((x.shape[1] * SEEN_SCALE, x.shape[0] * SEEN_SCALE), Image.NEAREST)
 
 
 def training_examples(classes, data=None, n=N_EXAMPLES, seed=0):
@@ -150,12 +164,72 @@ def read_photo(learn, img, k=3):
     return as_label(preds), f"Read as **{label_text(best['label'])}**, probability {best['probability']:.2f}."
 
 
-def build_app(kmnist=None, calligraphy=None, k=3, examples='auto'):
-    """The app as a `gr.Blocks`: a Draw tab for a KMNIST learner, an Upload tab for a calligraphy learner (either
-    may be None). API names for gradio_client: /read_drawing and /read_photo. `examples`: the training images shown
-    beside an answer (`training_examples`); 'auto' picks them from data/kmnist, None shows none."""
-    if kmnist is None and calligraphy is None: raise ValueError('build_app needs a KMNIST model, a calligraphy model, or both')
+def kanji_examples(classes, data=None, n=N_KANJI_EXAMPLES):
+    """Where the app finds training images of each kanji: `{character: [up to n image files]}`, from the training part
+    of notebook 08's split (never a validation or test image), or None, after one line saying why, when there are
+    none. The files are listed once here; the few an answer needs are read when it is shown."""
+    try:
+        root = find_root(data)
+        paths, y, file_classes = kanji_files(root, log=lambda s: None)
+    except (FileNotFoundError, DataFormatError) as e:
+        print(f'No training images to show beside the answers ({type(e).__name__}): download them with '
+              f'`python scripts/download_data.py --dataset kkanji` and start the app again.')
+        return None
+    wanted, out = set(classes), {}
+    for path, label, part in zip(paths, y, split_parts(paths, y)):
+        c = file_classes[label]
+        if part == 0 and c in wanted and len(out.setdefault(c, [])) < n: out[c].append(root / path)
+    return out
+
+
+def kanji_example_html(examples, preds, counts):
+    """Beside a kanji answer: for each of the top classes, its name, how many training images the model learned it
+    from (`counts`: character -> number) and a few of them, as stored (light ink on dark), 2x larger."""
+    rows = []
+    for p in preds:
+        n = counts.get(p['label'], 0)
+        files = (examples or {}).get(p['label'], [])
+        imgs = ''.join(f'<img src="data:image/png;base64,{png_base64(np.asarray(Image.open(f).convert("L")))}" '
+                       f'width="{EXAMPLE_SIZE}" height="{EXAMPLE_SIZE}" alt="a training image of {html.escape(p["label"])}" '
+                       f'style="image-rendering:pixelated">' for f in files)
+        rows.append(f'<div class="examples-row" style="display:flex;align-items:center;gap:6px;margin:4px 0">'
+                    f'<span class="examples-label" style="min-width:60px;font-size:1.4em">{html.escape(label_text(p["label"]))}</span>'
+                    f'<span class="examples-count" style="min-width:150px">learned from {n:,} image{"s" * (n != 1)}</span>'
+                    f'{imgs}</div>')
+    return (f'<div><b>What the model learned from</b>: for each of its top {len(preds)}, how many training images it '
+            f'had and a few of them</div>' + ''.join(rows))
+
+
+def read_kanji(learn, editor, k=N_KANJI, examples=None):
+    """Gradio handler for the kanji sketchpad: (label dict, the 32x32 image the model saw, message, training images
+    and counts of the top classes as HTML). Below the confidence chosen on validation (`learn.long_tail`) the message
+    says the model is not sure, and gives its best guess."""
+    img = editor.get('composite') if isinstance(editor, dict) else editor
+    if img is None: return None, None, EMPTY, ''
+    try:
+        preds, x = predict(learn, img, k)
+    except InputError as e:
+        return None, None, EMPTY if isinstance(e, NoInk) else str(e), ''
+    info = getattr(learn, 'long_tail', None) or {}
+    counts = dict(zip(map(str, learn.dls.vocab), info.get('counts', [])))
+    best, below = preds[0], info.get('reject_below')
+    if below is not None and best['probability'] < below:
+        msg = (f"**Not sure.** Its best guess is {label_text(best['label'])}, probability {best['probability']:.2f}: "
+               f"below the {below:.2f} it needs to answer (chosen on validation, notebook 08).")
+    else: msg = f"Read as **{label_text(best['label'])}**, probability {best['probability']:.2f}."
+    return as_label(preds), seen_image(x), msg, kanji_example_html(examples, preds, counts)
+
+
+def build_app(kmnist=None, calligraphy=None, k=3, examples='auto', kkanji=None, kanji_examples_='auto'):
+    """The app as a `gr.Blocks`: a Draw tab for a KMNIST learner, an Upload tab for a calligraphy learner and a Kanji
+    tab for a Kuzushiji-Kanji learner (any may be None). API names for gradio_client: /read_drawing, /read_photo and
+    /read_kanji. `examples`: the training images shown beside an answer (`training_examples`); 'auto' picks them from
+    data/kmnist, None shows none; `kanji_examples_` the same for kanji (`kanji_examples`, from data/kkanji)."""
+    if kmnist is None and calligraphy is None and kkanji is None:
+        raise ValueError('build_app needs a KMNIST, a calligraphy or a Kuzushiji-Kanji model')
     if isinstance(examples, str): examples = training_examples(list(kmnist.dls.vocab)) if kmnist is not None else None
+    if isinstance(kanji_examples_, str):
+        kanji_examples_ = kanji_examples(list(map(str, kkanji.dls.vocab))) if kkanji is not None else None
     if examples: examples = {c: [png_base64(img) for img in imgs] for c, imgs in examples.items()}  # once, not per answer
     with gr.Blocks(title='Read Kuzushiji and calligraphy', analytics_enabled=False) as demo:
         gr.Markdown('# Put the model to work\nA model trained in this series reads what you give it. It runs on this '
@@ -185,7 +259,7 @@ def build_app(kmnist=None, calligraphy=None, k=3, examples='auto'):
                         gr.Markdown('*No training images here to show beside the answer: download KMNIST with '
                                     '`python scripts/download_data.py --dataset kmnist` and start the app again.*')
                     clear.click(lambda: (None, None, EMPTY, ''), None, [label, seen, msg, gallery], queue=False,
-                                api_visibility='private', js=CLEAR_CANVAS)
+                                api_visibility='private', js=clear_canvas('drawing'))
                     def read_pad(drawing): return read_drawing(kmnist, drawing, k, examples)  # gradio_client shows the name
                     go.click(read_pad, pad, [label, seen, msg, gallery], api_name='read_drawing')
             if calligraphy is not None:
@@ -201,8 +275,38 @@ def build_app(kmnist=None, calligraphy=None, k=3, examples='auto'):
                     def read_upload(photo): return read_photo(calligraphy, photo, k)
                     gr.Button('Read it', variant='primary', elem_id='photo-read').click(
                         read_upload, photo, [plabel, pmsg], api_name='read_photo')
-        if kmnist is not None: demo.load(None, None, None, js=SELECT_BRUSH)
-    learners = [l for l in (kmnist, calligraphy) if l is not None]  # the page's characters: its labels and its text
+            if kkanji is not None:
+                with gr.Tab('Draw a kanji', id='kanji') as kanji_tab:
+                    gr.Markdown(f'Draw one kanji **big**, across most of the square, then press **Read it**. The model '
+                                f'knows {len(kkanji.dls.vocab):,} kanji, most of them from very few examples: beside each '
+                                f'of its top {N_KANJI} answers it shows how many training images it had, and when it is '
+                                f'not confident enough it says so.')
+                    with gr.Row():
+                        kpad = gr.Sketchpad(canvas_size=(CANVAS, CANVAS), fixed_canvas=True, image_mode='RGBA',
+                                            type='numpy', layers=False, transforms=(), label='Your drawing',
+                                            brush=gr.Brush(default_size=KANJI_BRUSH // 2, colors=['#000000'],
+                                                           color_mode='fixed'),
+                                            elem_id='kanji-drawing')
+                        with gr.Column():
+                            klabel = gr.Label(num_top_classes=N_KANJI, label=f'Top {N_KANJI}', elem_id='kanji-label')
+                            kseen = gr.Image(label='What the model saw', height=32 * SEEN_SCALE + 40, format='png',
+                                             interactive=False, elem_id='kanji-seen')
+                            kmsg = gr.Markdown(EMPTY, elem_id='kanji-message')
+                    with gr.Row():
+                        kgo = gr.Button('Read it', variant='primary', elem_id='kanji-read')
+                        kclear = gr.Button('Clear', elem_id='kanji-clear')
+                    kgallery = gr.HTML('', elem_id='kanji-examples')
+                    if not kanji_examples_:
+                        gr.Markdown('*No training images here to show beside the answer: download Kuzushiji-Kanji '
+                                    'with `python scripts/download_data.py --dataset kkanji` and start the app again.*')
+                    kclear.click(lambda: (None, None, EMPTY, ''), None, [klabel, kseen, kmsg, kgallery], queue=False,
+                                 api_visibility='private', js=clear_canvas('kanji-drawing'))
+                    def read_kanji_pad(drawing): return read_kanji(kkanji, drawing, N_KANJI, kanji_examples_)
+                    kgo.click(read_kanji_pad, kpad, [klabel, kseen, kmsg, kgallery], api_name='read_kanji')
+                kanji_tab.select(None, None, None, js=select_brush('kanji-drawing'))
+        if kmnist is not None: demo.load(None, None, None, js=select_brush('drawing'))
+        elif kkanji is not None: demo.load(None, None, None, js=select_brush('kanji-drawing'))
+    learners = [l for l in (kmnist, calligraphy, kkanji) if l is not None]  # the page's characters: its labels and its text
     demo.page_css = font_css(''.join(label_text(c) for l in learners for c in l.dls.vocab))
     return demo
 

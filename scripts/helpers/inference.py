@@ -5,19 +5,21 @@ One pure function per kind of input, each tested on its own (tests/test_inferenc
                     with a one-sentence `InputError` for a missing, non-image, truncated or huge file
     ink             any image -> ink in [0, 1] (1 = ink) whatever the polarity: black on white, white on black,
                     transparent, RGB, palette, grayscale, EXIF-rotated
-    kmnist_input    a drawing or a photo of one character -> the 28x28 white-on-black uint8 image KMNIST has
+    char_input      a drawing or a photo of one character -> the white-on-black uint8 image KMNIST (28x28) and
+                    Kuzushiji-Kanji (32x32 for our models) have; `kmnist_input` is it at 28 px
     photo_input     a calligraphy photo -> RGB, shorter side at most 384 px, as notebook 05 trained on
-The rule for `kmnist_input` comes from the data, measured on the 10,000 KMNIST test images: white ink on black;
+The rule for `char_input` comes from the data, measured on the 10,000 KMNIST test images: white ink on black;
 the character's box touches the frame on its longer side (98.5% of images: longer side 28 px of 28, no margin;
 the shorter side keeps the aspect ratio: median width/height 0.82) and is centred by its box (box centre 13.5 px
 in both directions for the median image, while the centre of mass wanders from 11 to 16 px); the brightest pixel
 is 255 in every image. MNIST's recipe (a 20 px box in a 28 px frame, centred by mass) would make characters too
-small for a model trained on KMNIST.
+small for a model trained on KMNIST. Kuzushiji-Kanji follows the same rule (notebook 08 measures it: the longer side
+fills the frame, the aspect ratio is kept, white on black).
 
 After preprocessing, the learner's own DataLoader (`learn.dls.test_dl`) applies the validation transforms it was
 exported with (normalisation; for calligraphy Resize(1.25 x size) and the centre crop), then the model runs.
 `load_learner` unpickles code: `load_model` only opens files the user named or the series wrote.
-Uses: catalogue, cleaning."""
+Uses: catalogue, cleaning, kanji."""
 from __future__ import annotations
 
 import io, time, warnings
@@ -30,6 +32,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .catalogue import CALLIGRAPHY_CLASSES, CALLIGRAPHY_NAMES, ROMAJI
 from .cleaning import shrink, to_rgb
+from .kanji import label_text as kanji_text
 
 MAX_SIDE = 1024        # a drawing or photo is shrunk to this before anything else (the model needs 28 or 256 px)
 MAX_PIXELS = 20_000 ** 2  # larger than this is refused before decoding, not shrunk (a decompression bomb)
@@ -37,7 +40,8 @@ INK_LEVEL = 0.25       # ink at least this strong counts for the character's box
 MIN_CONTRAST = 0.15    # an image whose ink and paper differ less than this is empty (a blank canvas)
 PHOTO_SIDE = 384       # notebook 05 trained on copies whose shorter side is at most 384 px (cleaning.prepare)
 COMMANDS = {'kmnist': 'python scripts/train.py --dataset kmnist (or run notebook 04)',
-            'calligraphy': 'python scripts/train.py --dataset calligraphy (or run notebook 05)'}
+            'calligraphy': 'python scripts/train.py --dataset calligraphy (or run notebook 05)',
+            'kkanji': 'python scripts/train.py --dataset kkanji (or run notebook 08)'}
 
 
 class InputError(ValueError):
@@ -93,21 +97,21 @@ def ink(im):
     return np.clip((a - paper) / (top - paper), 0, 1)
 
 
-def is_kmnist_image(a):
-    "A 28x28 grayscale array with a dark border and some ink: already a KMNIST image (an original from the data set)."
+def is_kmnist_image(a, size=28):
+    "A size x size grayscale array with a dark border and some ink: already an image of the data set (an original)."
     a = np.asarray(a)
-    return a.shape == (28, 28) and np.median(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])) < 128 and a.max() >= 128
+    return a.shape == (size, size) and np.median(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])) < 128 and a.max() >= 128
 
 
-def kmnist_input(src):
-    """A drawing or photo of one character (any size, anywhere on the canvas) -> the 28x28 uint8 white-on-black
-    image a KMNIST model expects: the ink's box, made square around its centre, scaled so that its longer side
-    fills the frame, brightest pixel 255. A KMNIST original (28x28, white on black) passes through unchanged.
-    Raises `NoInk` for an empty canvas."""
+def char_input(src, size=28):
+    """A drawing or photo of one character (any size, anywhere on the canvas) -> the size x size uint8 white-on-black
+    image a model of this series expects: the ink's box, made square around its centre, scaled so that its longer side
+    fills the frame, brightest pixel 255. An original of the data set (size x size, white on black) passes through
+    unchanged. Raises `NoInk` for an empty canvas."""
     im = read_image(src)
-    if im.size == (28, 28) and im.mode in ('L', 'P', 'RGB', 'RGBA', 'LA'):
+    if im.size == (size, size) and im.mode in ('L', 'P', 'RGB', 'RGBA', 'LA'):
         a = np.asarray(to_rgb(im).convert('L'))
-        if is_kmnist_image(a): return a.copy()
+        if is_kmnist_image(a, size): return a.copy()
     a = ink(im)
     rows, cols = np.flatnonzero((a >= INK_LEVEL).any(1)), np.flatnonzero((a >= INK_LEVEL).any(0))
     if not len(rows): raise NoInk('Nothing to read: there is no ink on the picture; draw a character first.')
@@ -116,9 +120,14 @@ def kmnist_input(src):
     sq = np.zeros((side, side), np.float32)
     top, left = (side - a.shape[0]) // 2, (side - a.shape[1]) // 2
     sq[top:top + a.shape[0], left:left + a.shape[1]] = a
-    small = np.asarray(Image.fromarray(sq, 'F').resize((28, 28), Image.LANCZOS if side > 28 else Image.BILINEAR))
+    small = np.asarray(Image.fromarray(sq, 'F').resize((size, size), Image.LANCZOS if side > size else Image.BILINEAR))
     small = np.clip(small, 0, None)
     return (small * (255 / max(small.max(), 1e-6))).round().astype(np.uint8)
+
+
+def kmnist_input(src):
+    "`char_input` at KMNIST's 28 pixels."
+    return char_input(src, 28)
 
 
 def as_drawing(a, size=260, pos=(70, 70), canvas=400, paper=(0, 0, 0, 0)):
@@ -136,8 +145,18 @@ def photo_input(src):
 
 
 def model_kind(learn):
-    "'calligraphy' for a model of the three styles, 'kmnist' for a character model."
-    return 'calligraphy' if set(map(str, learn.dls.vocab)) <= set(CALLIGRAPHY_CLASSES) else 'kmnist'
+    "'calligraphy' for a model of the three styles, 'kmnist' for hiragana (KMNIST), 'kkanji' for kanji."
+    vocab = set(map(str, learn.dls.vocab))
+    if vocab <= set(CALLIGRAPHY_CLASSES): return 'calligraphy'
+    return 'kmnist' if vocab <= set(ROMAJI) else 'kkanji'
+
+
+def input_size(learn):
+    "The side of the square images the learner was trained on (28 for KMNIST, 32 for our Kuzushiji-Kanji models)."
+    lt = getattr(learn, 'long_tail', None)
+    if lt and lt.get('size'): return int(lt['size'])
+    x = getattr(learn.dls.train_ds, 'x', None)  # an ArrayDataset keeps its images' shape, even emptied for export
+    return int(x.shape[-1]) if x is not None and x.ndim == 3 else 28
 
 
 def load_model(path, kind='kmnist'):
@@ -159,15 +178,18 @@ def load_model(path, kind='kmnist'):
 
 
 def prepare_input(learn, src):
-    "The preprocessing for this learner's kind of input: `kmnist_input` or `photo_input`."
-    return photo_input(src) if getattr(learn, 'kind', model_kind(learn)) == 'calligraphy' else kmnist_input(src)
+    "The preprocessing for this learner's kind of input: `char_input` at its size, or `photo_input`."
+    kind = getattr(learn, 'kind', None) or model_kind(learn)
+    return photo_input(src) if kind == 'calligraphy' else char_input(src, input_size(learn))
 
 
 def label_text(label):
-    "How a class reads in the app: 'お (o)' for a character, '楷书 kaishu (regular script)' for a style."
+    """How a class reads in the app: 'お (o)' for a hiragana, '楷书 kaishu (regular script)' for a style, the kanji
+    itself for a kanji, or its code point ('U+29780') where the series' font has no glyph for it."""
     label = str(label)
     if label in CALLIGRAPHY_NAMES: return f'{CALLIGRAPHY_NAMES[label][0]} {label} ({CALLIGRAPHY_NAMES[label][1]})'
-    return f'{label} ({ROMAJI[label]})' if label in ROMAJI else label
+    if label in ROMAJI: return f'{label} ({ROMAJI[label]})'
+    return kanji_text(label) if len(label) == 1 else label
 
 
 def probabilities(learn, inputs):

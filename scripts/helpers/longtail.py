@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fastai.callback.data import WeightedDL
+from fastai.data.core import TfmdDL
 from torch import nn
 
 EDGES = (20, 100)  # few: fewer than 20 training images; medium: 20 to 100; many: more than 100
@@ -109,29 +111,34 @@ class NearestMean(nn.Module):
     def extra_repr(self): return f'{self.means.shape[0]} classes, scale={self.scale}'
 
 
-class Rows:
-    "A callable that picks row `i` of a tensor: a fastai transform for a `Datasets` of precomputed features."
-    def __init__(self, t): self.t = t
-    def __call__(self, i): return self.t[i]
+class FeatureRows(TfmdDL):
+    "Batches sliced at once out of `(features, targets)` tensors, as `dataloaders.ArrayDL` does for images."
+    def create_batches(self, samps):
+        idx = torch.as_tensor(list(samps), dtype=torch.long)
+        for b in idx.split(self.bs): yield self.dataset[0][b], self.dataset[1][b]
 
 
-def retrain_classifier(train, valid, n_classes, epochs=4, lr=1e-2, bs=512, seed=42):
+class BalancedRows(WeightedDL, FeatureRows):
+    """fastai's `WeightedDL` (what `weighted_dataloaders` builds: each epoch draws its items at random, with the
+    weights given) over `FeatureRows`: per-item Python made cRT's epochs several times slower."""
+
+
+def retrain_classifier(train, valid, n_classes, epochs=8, lr=1e-2, bs=512, seed=42):
     """cRT (Kang et al. 2020): a new last layer trained on the frozen network's features, with class-balanced batches:
-    fastai's `weighted_dataloaders`, each image weighted by 1 / its class's size, so every class is drawn about equally
-    often. `train`, `valid`: (features, targets). Returns the new `nn.Linear`."""
-    from fastai.data.core import Datasets
-    from fastai.callback.data import WeightedDL  # noqa: F401  (adds weighted_dataloaders to Datasets)
+    fastai's `WeightedDL`, each image weighted by 1 / its class's size, so every class is drawn about equally often.
+    `train`, `valid`: (features, targets). Returns the new `nn.Linear`."""
+    from fastai.data.core import DataLoaders
     from fastai.learner import Learner
     from fastai.losses import CrossEntropyLossFlat
     from fastai.metrics import accuracy
     from fastai.torch_core import set_seed
-    (ft, yt), (fv, yv) = train, valid
-    f, y = torch.cat([ft, fv]), torch.cat([yt, yv]).long()
-    dsets = Datasets(range(len(y)), tfms=[[Rows(f)], [Rows(y)]], splits=(list(range(len(yt))), list(range(len(yt), len(y)))))
+    (ft, yt), (fv, yv) = [(f.float(), as_tensor(y).long()) for f, y in (train, valid)]
     counts = np.bincount(yt.numpy(), minlength=n_classes)
     set_seed(seed)
-    dls = dsets.weighted_dataloaders(1 / counts[yt.numpy()], bs=bs, device='cpu')
-    head = nn.Linear(f.shape[1], n_classes)
+    bs = min(bs, max(8, len(yt) // 8))
+    dls = DataLoaders(BalancedRows((ft, yt), bs=bs, wgts=1 / counts[yt.numpy()], shuffle=True, n=len(yt)),
+                      FeatureRows((fv, yv), bs=4 * bs, n=len(yv)), device='cpu')
+    head = nn.Linear(ft.shape[1], n_classes)  # (batches of at most an eighth of the images: tiny sets get some steps)
     learn = Learner(dls, head, loss_func=CrossEntropyLossFlat(), metrics=accuracy)
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
     return head.eval()

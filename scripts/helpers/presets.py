@@ -54,6 +54,18 @@ CALLIGRAPHY_PRESETS = {
 }
 
 
+KANJI_PRESETS = {
+    # Kuzushiji-Kanji on a laptop (notebook 08's recipe): `kanji_training.kanji_cnn` at 32 px on the natural
+    # distribution, one-cycle, label smoothing, then the long-tail method notebook 08 chose on validation; the
+    # reject threshold is the lowest confidence at which validation answers reach `reject_accuracy`.
+    'cpu': dict(arch='kanji_cnn', size=32, bs=128, epochs=4, lr=1e-2, n_train=None, method='crt', crt_epochs=8,
+                reject_accuracy=0.95),
+    # Tests: tiny data, one epoch.
+    'quick': dict(arch='kanji_cnn', size=32, bs=32, epochs=2, lr=1e-2, n_train=None, method='crt', crt_epochs=2,
+                  reject_accuracy=0.95),
+}
+
+
 def auto_preset():
     "The preset the notebooks choose: the article's on a GPU, the `cpu` one without."
     return 'article' if on_gpu() else 'cpu'
@@ -65,11 +77,12 @@ QUICK_FORM = dict(n_train=2000, n_test=500, epochs=1, bs=32)  # any preset in se
 def make_config(dataset='kmnist', preset='article', quick=False, **overrides):
     """A preset's settings with `overrides` (those that are not None) on top, plus the dataset and seed. `quick`
     shrinks a KMNIST preset to its quick form (`QUICK_FORM`: a few thousand images, one epoch), keeping its recipe."""
-    presets = CALLIGRAPHY_PRESETS if dataset == 'calligraphy' else PRESETS
+    presets = {'calligraphy': CALLIGRAPHY_PRESETS, 'kkanji': KANJI_PRESETS}.get(dataset, PRESETS)
     if preset not in presets: raise ValueError(f"preset must be one of {', '.join(presets)}, not {preset!r}")
     cfg = dict(dataset=dataset, preset=preset, seed=42, valid_pct=0.2 if dataset == 'calligraphy' else 0.1,
                wandb='offline', n_test=None)
     cfg.update(presets[preset])
-    if quick and dataset != 'calligraphy': cfg.update(QUICK_FORM, lr=1e-2 if cfg['lr'] == 'auto' else cfg['lr'])
+    if quick and dataset not in ('calligraphy', 'kkanji'):
+        cfg.update(QUICK_FORM, lr=1e-2 if cfg['lr'] == 'auto' else cfg['lr'])
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     return cfg
