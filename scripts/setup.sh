@@ -9,7 +9,7 @@
 #   bash scripts/setup.sh --wheelhouse DIR       # a laptop, offline: install from that DIR only, no network
 # KUZUSHIJI_TORCH=cpu|pypi does what --torch does. Pass a mirror for the data with KUZUSHIJI_MIRROR=URL_OR_FOLDER if
 # the official host is unreachable. Why the CPU build: PyPI's torch for Linux is the CUDA build, and a fresh .venv
-# with it measured 6.8 GB, 4.1 GB of it NVIDIA's libraries and triton, which a laptop without an NVIDIA GPU cannot use.
+# with it measured 6.6 GiB, 4.0 GiB of it NVIDIA's libraries and triton, which a laptop without an NVIDIA GPU cannot use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

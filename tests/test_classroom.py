@@ -183,12 +183,8 @@ def teachers_commands():
 
 
 def fresh_clone(dest):
-    "The repository's tracked files as they are in this working tree (what a clone of them holds)."
-    files = subprocess.run(['git', '-C', str(ROOT), 'ls-files', '-z'], capture_output=True, check=True).stdout
-    for rel in filter(None, files.decode().split('\0')):
-        src = ROOT / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(src, dest / rel)
+    "`git clone` of this repository: its committed HEAD, without data/, models/ or anything else a run left here."
+    subprocess.run(['git', 'clone', '-q', str(ROOT), str(dest)], check=True, capture_output=True)
     return dest
 
 
@@ -211,8 +207,8 @@ def test_rehearsal_a_class_runs_from_the_classroom_folder_alone(tmp_path, http_s
                            the folder;
       PYTHONPATH, REHEARSAL_NET_LOG  a sitecustomize (GUARD) in every Python process that logs each network connection
                            and name lookup and refuses any off this machine (it cannot see programs not in Python).
-    Every other KUZUSHIJI_* and WANDB_* variable is removed. data/, models/ and wandb/ go where a learner's go: into
-    the clone. Checked: every file a notebook asked for was in the folder (no 404), notebook 01 got both formats from
+    The clone is of the committed HEAD: commit before running this. Every other KUZUSHIJI_* and WANDB_* variable is
+    removed. data/, models/ and wandb/ go where a learner's go: into the clone. Checked: every file a notebook asked for was in the folder (no 404), notebook 01 got both formats from
     it, and nothing but 127.0.0.1 was contacted.
     The folder is made with `--calligraphy none --no-weights`: the rehearsed notebooks, quick on a CPU, ask for neither
     (the server's record shows it), and neither can be faked here (the subset is found by the real images' hashes, the
