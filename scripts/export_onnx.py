@@ -5,6 +5,7 @@ and training examples, into one folder that scripts/build_site.py turns into the
     python scripts/export_onnx.py models/kmnist.pkl web/model                 # then: python scripts/build_site.py
     python scripts/export_onnx.py models/kmnist.pkl web/model --check-only    # does web/model still match the model?
     python scripts/export_onnx.py models/k49.pkl web/model --dataset k49 --top 5 --examples 2
+    python scripts/export_onnx.py models/kkanji.pkl web/kanji-model           # a Kuzushiji-Kanji model: top 5, 2 examples
 
 The export checks itself: on 300 test images the ONNX model, run by onnxruntime, must give the fastai model's top
 answer and probabilities within 1e-4; otherwise it stops with one sentence and exit status 1. It needs the data the
@@ -22,19 +23,25 @@ def main(argv=None):
     p.add_argument('model', help='a model exported by notebook 04 or scripts/train.py (e.g. models/kmnist.pkl)')
     p.add_argument('folder', help="where to write the page's model (web/model is the one the site is built from)")
     p.add_argument('--data', help='folder of the downloaded data set (default data/<dataset>)')
-    p.add_argument('--dataset', choices=['kmnist', 'k49'], help='default: kmnist for 10 classes, k49 for 49')
-    p.add_argument('--top', type=int, default=3, metavar='K', help='how many answers the page shows (default 3)')
+    p.add_argument('--dataset', choices=['kmnist', 'k49', 'kkanji'],
+                   help='default: kmnist for 10 classes, k49 for 49, kkanji for a kanji model')
+    p.add_argument('--top', type=int, metavar='K', help='how many answers the page shows (default 3; 5 for kanji)')
     p.add_argument('--examples', type=int, metavar='N',
                    help="training images shown per class (default: the app's 4; 0: none)")
     p.add_argument('--check-only', action='store_true', help='only check an existing export against the model')
     a = p.parse_args(argv)
-    if a.top < 1: p.error('--top must be at least 1')
+    if a.top is not None and a.top < 1: p.error('--top must be at least 1')
     if a.examples is not None and a.examples < 0: p.error('--examples must be 0 or more')
     try:
         learn = h.load_model(a.model)
-        dataset = a.dataset or ('k49' if len(learn.dls.vocab) == 49 else 'kmnist')
+        dataset = a.dataset or ('kkanji' if learn.kind == 'kkanji' else 'k49' if len(learn.dls.vocab) == 49 else 'kmnist')
+        top, per_class = a.top or (5 if dataset == 'kkanji' else 3), a.examples
         try:
-            train, test, _ = h.load_arrays(a.data, dataset=dataset)
+            if dataset == 'kkanji':  # the training part's images beside the answers, the test part's for the check
+                d = h.load_kanji(a.data, size=h.input_size(learn), log=lambda s: None)
+                train, test = [(d['x'][d['part'] == i], d['y'][d['part'] == i]) for i in (0, 2)]
+                per_class = 2 if per_class is None else per_class  # 3,832 classes: a lighter page
+            else: train, test, _ = h.load_arrays(a.data, dataset=dataset)
         except (FileNotFoundError, ValueError) as e:
             raise h.ExportError(f'No {dataset} data to check the export on ({type(e).__name__}: {e}); download it '
                                 f'with `python scripts/download_data.py --dataset {dataset}` or pass --data.') from None
@@ -47,7 +54,7 @@ def main(argv=None):
             print(f"{a.folder}/{cfg['model']} matches {a.model}: the same top answer on {res['images']} test images, "
                   f"probabilities within {res['max_difference']:.1g}.")
             return 0
-        cfg = h.export_page(learn, a.folder, train, test, top=a.top, per_class=a.examples, source=Path(a.model).name)
+        cfg = h.export_page(learn, a.folder, train, test, top=top, per_class=per_class, source=Path(a.model).name)
     except h.InputError as e:  # ExportError is one
         print(f'error: {e}', file=sys.stderr); return 1
     chk = cfg['check']

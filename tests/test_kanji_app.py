@@ -41,6 +41,7 @@ def drawing(c, size=260, pos=(60, 80)):
 def test_train_py_reports_the_long_tail_and_exports_the_method(kanji_model):
     path, res, out = kanji_model
     assert 'test, plain:' in out and 'test, crt:' in out and 'by bucket:' in out and 'Traceback' not in out
+    assert len(out.splitlines()) < 20, out  # piped: one line per epoch, not every update of a progress bar
     for key in ('valid', 'valid_method', 'test', 'test_method', 'rare', 'rare_method'):
         assert {'top1', 'top5', 'balanced', 'many', 'medium', 'few'} <= set(res[key]), key
     assert res['test']['n_images'] == res['n_test'] and res['method'] == 'crt'
@@ -179,3 +180,13 @@ def test_the_kanji_tab_in_a_real_browser(kanji_app):
         browser.close()
     learn.long_tail['reject_below'] = keep
     assert outside == [], f'the page asked for something outside this computer: {outside}'
+
+
+def test_the_cpu_preset_trains_on_every_image_with_the_checked_threshold(kanji_data, tmp_path):
+    "--preset cpu's recipe (here tiny): every image trained on, the held-out run's threshold, no test score claimed."
+    cfg = h.make_config('kkanji', 'cpu', epochs=1, bs=32, crt_epochs=2, reject_below=0.37)
+    said = []
+    res, learn = h.run_kanji(cfg, kanji_data, log=said.append)
+    assert res['n_train'] == 913 and res['test'] is None and res['valid'] is None and res['trained_on'] == 'every image'
+    assert learn.long_tail['reject_below'] == 0.37 and sum(learn.long_tail['counts']) == 913
+    assert any('no held-out score' in s or 'nothing is held out' in s for s in said), said

@@ -19,6 +19,7 @@
     longtail     the long tail: scores by bucket, logit adjustment, classifier retraining, nearest class mean, reject
     kanji_training  notebook 08's recipe as one run (train.py --dataset kkanji)
     inference    preprocessing per kind of input (drawing, character image, photo), loading a model, top-k
+    page         what the app's pages show, without Gradio: their font, images as PNG, training examples beside an answer
     app          the Gradio web app around inference (not imported here: `import helpers.app` loads Gradio, which
                  takes seconds that every other notebook and script would pay for nothing)
     web          the model for the static web page: ONNX export checked against fastai, labels, font, examples
@@ -35,7 +36,7 @@ from .cleaning import MANIFEST_COLUMNS, REPORT_COLUMNS, calligraphy_report, prep
 from .downloads import download, download_file, download_weights, install_weights, weight_file
 from .arrays import DataFormatError, load_arrays, load_classmap, load_idx, load_npz, split_indices, subsample
 from .dataloaders import (ArrayDataset, ArrayDL, benchmark_loader, char_augment, image_stats, item_image, item_label,
-                          kmnist_dls, test_dl)
+                          kmnist_dls, test_dl, training_speed)
 from .plots import class_counts, file_table, japanese_font, label_name, plot_class_balance, show_examples
 from .lr import RawLossRecorder, article_rule, find_lr, plot_lr_find, smooth
 from .tracking import SeededWandbCallback, finish_wandb, start_wandb, wandb_logged_in
@@ -43,8 +44,7 @@ from .presets import CALLIGRAPHY_PRESETS, KANJI_PRESETS, PRESETS, auto_preset, m
 from .recipes import (ElasticWarp, EraseStrokes, Stretch, StrokeWidth, brush_augment, get_probs, hard_cases, mixing_callback,
                       plot_hard_cases, score, scores)
 from .training import (ARCHS, CPUSpeedups, cpu_settings, export, history, kmnist_cnn, kmnist_cnn_deep, kmnist_cnn_wide,
-                       learner_for, load_for, make_learner, pick_lr, plot_batch_size_study, run_training, speed_summary,
-                       training_speed)
+                       learner_for, load_for, make_learner, pick_lr, plot_batch_size_study, run_training, speed_summary)
 from .validation import test_like_split, test_likeness
 from .calligraphy import SeenSizes, calligraphy_dls, calligraphy_folder, limit_per_class, progressive_resizing
 from .kanji import char_of, code_point, kanji_files, kanji_label, load_kanji, split_parts

@@ -15,31 +15,24 @@ character. They are picked once, when the app starts, from the KMNIST files the 
 A Kuzushiji-Kanji model (notebook 08) gets a tab of its own: its top 5, and beside each a few of its training images
 and how many it learned that kanji from, so a learner sees when an answer rests on a single example; below the
 confidence notebook 08 chose on validation, it says it is not sure. Its brush is a little thinner: kanji strokes are
-8.8% of the frame, KMNIST's 9.5% (notebook 08 measures both).
-Uses: arrays, inference, kanji."""
+8.8% of the frame, KMNIST's 9.5% (notebook 08 measures both). What the page shows beside the Gradio parts (the font,
+the PNG images, the training examples) is in `page`, which the static web page shares. Uses: inference, page."""
 from __future__ import annotations
 
-import base64, html, io, os
-from pathlib import Path
+import os
 
 os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')  # before gradio is imported: no telemetry, no update check
 import gradio as gr  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
 
-from .arrays import DataFormatError, load_arrays  # noqa: E402
 from .inference import InputError, NoInk, label_text, predict  # noqa: E402
-from .kanji import find_root, kanji_files, split_parts  # noqa: E402
+from .page import (EXAMPLE_SIZE, N_EXAMPLES, N_KANJI_EXAMPLES, PAGE_FONT, SEEN_SCALE, SEEN_SIZE, THEME_FONTS,  # noqa: E402,F401
+                   as_label, example_html, font_css, kanji_example_html, kanji_examples, png_base64, seen_image,
+                   training_examples)
 
 CANVAS = 400
 BRUSH = 34  # stroke width in canvas pixels (see the module's docstring)
 KANJI_BRUSH = 30  # the same proportion for kanji: 8.8% of the frame (notebook 08)
-SEEN_SCALE = 5  # the model's input is shown 5x larger, each pixel a square (28x28 as 140x140)
-SEEN_SIZE = 28 * SEEN_SCALE
-EXAMPLE_SIZE = 56  # training examples are shown 2x larger
-N_EXAMPLES = 4  # training examples per class
 N_KANJI = 5  # the kanji tab's answers
-N_KANJI_EXAMPLES = 3  # training images shown per kanji (a rare one may have fewer)
 EMPTY = 'Nothing to read yet: draw a character on the canvas, then press **Read it**.'
 # Take the sketchpad's brush tool once the page has loaded, after every Clear (which puts it down again) and when its
 # tab is opened, so that the first stroke draws: retried until the button exists and is highlighted.
@@ -56,86 +49,6 @@ CLEAR_CANVAS = """() => { document.querySelector('#%s button[aria-label="Clear c
 
 def select_brush(pad): return SELECT_BRUSH % pad
 def clear_canvas(pad): return CLEAR_CANVAS % (pad, select_brush(pad))
-
-
-PAGE_FONT = 'Kuzushiji page'  # the family name of the page's own font for its Japanese and Chinese characters
-# Gradio's default theme's font stacks (CSS variables), which `font_css` puts PAGE_FONT in front of
-THEME_FONTS = {'font': "'Source Sans Pro', ui-sans-serif, system-ui, sans-serif",
-               'font-mono': "'IBM Plex Mono', ui-monospace, Consolas, monospace"}
-
-
-def font_css(text):
-    """CSS that gives the page a font for the Japanese and Chinese characters in `text` (those from U+2E80 on), so
-    they show on any computer: a browser without a Japanese font (many Linux desktops and containers) draws each as
-    a box. Ours because Gradio serves only Latin fonts. The font is a subset of IPAexGothic, which matplotlib-fontja
-    installs for the notebooks' plots, cut by fontTools (a matplotlib dependency) to these characters: a few
-    kilobytes, inside the CSS as a data URL, so it needs no internet. Its `unicode-range` leaves every other character
-    to the theme's fonts, and the characters it lacks to the computer's: IPAexGothic is a Japanese font, with every
-    hiragana but not the simplified Chinese 书 of two calligraphy styles' names. As the IPA Font License asks of a
-    derived font, it is renamed and keeps its copyright and licence. No such characters in `text`: no CSS."""
-    import matplotlib_fontja
-    from fontTools import subset
-    from fontTools.ttLib import TTFont
-    font = TTFont(Path(matplotlib_fontja.__file__).parent / 'fonts' / 'ipaexg.ttf')
-    chars = sorted({ch for ch in text if ord(ch) >= 0x2E80 and ord(ch) in font.getBestCmap()})
-    if not chars: return ''
-    cut = subset.Subsetter(subset.Options(hinting=False, layout_features=[], name_IDs=[0, 1, 2, 4, 6, 13, 14]))
-    cut.populate(text=''.join(chars)); cut.subset(font)
-    # The IPA Font License: a derived font keeps the copyright and licence (name IDs 0, 13, 14) and takes another
-    # name (family, full and PostScript names: 1, 4, 6)
-    for name_id, name in ((1, PAGE_FONT), (4, PAGE_FONT), (6, PAGE_FONT.replace(' ', '-'))):
-        font['name'].setName(name, name_id, 3, 1, 0x409)
-    buf = io.BytesIO(); font.save(buf)
-    ranges = ', '.join(f'U+{ord(c):04X}' for c in chars)
-    stacks = ' '.join(f"--{var}: '{PAGE_FONT}', {fonts};" for var, fonts in THEME_FONTS.items())
-    return (f"@font-face {{ font-family: '{PAGE_FONT}'; unicode-range: {ranges}; "
-            f"src: url(data:font/ttf;base64,{base64.b64encode(buf.getvalue()).decode()}) format('truetype'); }}\n"
-            f":root, .gradio-container {{ {stacks} }}\n")
-
-
-def as_label(preds):
-    "Top-k predictions as the dict gr.Label shows: readable name -> probability."
-    return {label_text(p['label']): p['probability'] for p in preds}
-
-
-def seen_image(x):
-    "The model's input (28x28, or 32x32 for kanji), enlarged 5x with square pixels, for the page."
-    return Image.fromarray(x).resize((x.shape[1] * SEEN_SCALE, x.shape[0] * SEEN_SCALE), Image.NEAREST)
-
-
-def training_examples(classes, data=None, n=N_EXAMPLES, seed=0):
-    """`n` training images of each class, drawn at random once: `{character: array (n, 28, 28)}`, or None, after one
-    line saying why, when there are none. `data`: a folder of KMNIST files (default data/kmnist), or `(x, y)` arrays."""
-    try:
-        if isinstance(data, tuple): (x, y), file_classes = data, list(classes)
-        else: (x, y), _, file_classes = load_arrays(data)
-    except (FileNotFoundError, ValueError) as e:
-        print(f'No training images to show beside the answers ({type(e).__name__}): download them with '
-              f'`python scripts/download_data.py --dataset kmnist` and start the app again.')
-        return None
-    rng, y = np.random.default_rng(seed), np.asarray(y)
-    return {c: x[rng.choice(np.flatnonzero(y == i), n, replace=False)]
-            for i, c in enumerate(file_classes) if c in classes and (y == i).sum() >= n}
-
-
-def png_base64(img):
-    "A 28x28 image as the base64 text of a PNG, for an <img> in the page."
-    buf = io.BytesIO(); Image.fromarray(img).save(buf, format='PNG')
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def example_html(examples, preds):
-    """Beside an answer: for each top class, its name and its training images (`examples`: character -> PNGs as
-    base64, made once by `build_app`), as stored (light ink on dark), drawn 2x larger with square pixels. Empty
-    without examples."""
-    if not examples: return ''
-    rows = [f'<div class="examples-row" style="display:flex;align-items:center;gap:6px;margin:4px 0">'
-            f'<span class="examples-label" style="min-width:80px">{html.escape(label_text(p["label"]))}</span>' +
-            ''.join(f'<img src="data:image/png;base64,{b64}" width="{EXAMPLE_SIZE}" height="{EXAMPLE_SIZE}" '
-                    f'alt="a training image of {html.escape(p["label"])}" style="image-rendering:pixelated">'
-                    for b64 in examples.get(p['label'], [])) + '</div>' for p in preds]
-    return (f'<div><b>What the model learned from</b>: {N_EXAMPLES} training images of each of its top {len(preds)} '
-            f'(the same character is written in several forms)</div>' + ''.join(rows))
 
 
 def read_drawing(learn, editor, k=3, examples=None):
@@ -162,42 +75,6 @@ def read_photo(learn, img, k=3):
         return None, str(e)
     best = preds[0]
     return as_label(preds), f"Read as **{label_text(best['label'])}**, probability {best['probability']:.2f}."
-
-
-def kanji_examples(classes, data=None, n=N_KANJI_EXAMPLES):
-    """Where the app finds training images of each kanji: `{character: [up to n image files]}`, from the training part
-    of notebook 08's split (never a validation or test image), or None, after one line saying why, when there are
-    none. The files are listed once here; the few an answer needs are read when it is shown."""
-    try:
-        root = find_root(data)
-        paths, y, file_classes = kanji_files(root, log=lambda s: None)
-    except (FileNotFoundError, DataFormatError) as e:
-        print(f'No training images to show beside the answers ({type(e).__name__}): download them with '
-              f'`python scripts/download_data.py --dataset kkanji` and start the app again.')
-        return None
-    wanted, out = set(classes), {}
-    for path, label, part in zip(paths, y, split_parts(paths, y)):
-        c = file_classes[label]
-        if part == 0 and c in wanted and len(out.setdefault(c, [])) < n: out[c].append(root / path)
-    return out
-
-
-def kanji_example_html(examples, preds, counts):
-    """Beside a kanji answer: for each of the top classes, its name, how many training images the model learned it
-    from (`counts`: character -> number) and a few of them, as stored (light ink on dark), 2x larger."""
-    rows = []
-    for p in preds:
-        n = counts.get(p['label'], 0)
-        files = (examples or {}).get(p['label'], [])
-        imgs = ''.join(f'<img src="data:image/png;base64,{png_base64(np.asarray(Image.open(f).convert("L")))}" '
-                       f'width="{EXAMPLE_SIZE}" height="{EXAMPLE_SIZE}" alt="a training image of {html.escape(p["label"])}" '
-                       f'style="image-rendering:pixelated">' for f in files)
-        rows.append(f'<div class="examples-row" style="display:flex;align-items:center;gap:6px;margin:4px 0">'
-                    f'<span class="examples-label" style="min-width:60px;font-size:1.4em">{html.escape(label_text(p["label"]))}</span>'
-                    f'<span class="examples-count" style="min-width:150px">learned from {n:,} image{"s" * (n != 1)}</span>'
-                    f'{imgs}</div>')
-    return (f'<div><b>What the model learned from</b>: for each of its top {len(preds)}, how many training images it '
-            f'had and a few of them</div>' + ''.join(rows))
 
 
 def read_kanji(learn, editor, k=N_KANJI, examples=None):

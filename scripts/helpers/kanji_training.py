@@ -2,8 +2,12 @@
 
 The steps are the notebook's, in one function: the arrays and the split (`kanji`), the fast DataLoaders, the small
 CNN trained on the natural distribution with one-cycle, then the long-tail method notebook 08 chose on validation,
-put on the model as its last layer, and the reject threshold chosen on validation. The test set is read once, at the
-end. Uses: settings, dataloaders, kanji, longtail, training."""
+put on the model as its last layer, and the reject threshold. Two ways, as notebook 07 ends:
+- `train_on='train'` (preset `cpu-check`): the training images only; the threshold is chosen on validation, and the
+  test set is read once, at the end: the scores the README reports;
+- `train_on='all'` (preset `cpu`): the same recipe on every image, validation and test included, for the model that
+  goes to work; the threshold is the one `cpu-check` chose (kept in the preset), and no held-out score exists.
+Uses: settings, dataloaders, kanji, longtail, training."""
 from __future__ import annotations
 
 import time
@@ -17,6 +21,7 @@ from . import longtail as lt
 from .dataloaders import char_augment, kmnist_dls, test_dl
 from .kanji import load_kanji
 from .settings import device_name, on_gpu, set_seed, versions
+from .tracking import bars_or_lines
 from .training import CPUSpeedups, cpu_settings, kmnist_cnn, speed_summary
 
 
@@ -31,6 +36,7 @@ def kanji_data(cfg, data=None, log=print):
     "The data set, its split and DataLoaders (training and validation images only) for a config."
     d = load_kanji(data, size=cfg['size'], log=log)
     train, valid = np.flatnonzero(d['part'] == 0), np.flatnonzero(d['part'] == 1)
+    if cfg.get('train_on', 'train') == 'all': train = np.arange(len(d['y']))  # validation then only shows progress
     if cfg.get('n_train'): train = np.random.default_rng(cfg['seed']).permutation(train)[:cfg['n_train']]
     idx = np.r_[train, valid]
     dls = kmnist_dls((d['x'][idx], d['y'][idx]), d['classes'], valid_idx=np.arange(len(train), len(idx)), bs=cfg['bs'],
@@ -43,7 +49,7 @@ def kanji_learner(cfg, dls):
     learn = Learner(dls, kanji_cnn(len(dls.vocab)), loss_func=LabelSmoothingCrossEntropyFlat(),
                     metrics=[accuracy, top_k_accuracy])
     if not on_gpu(): learn.add_cb(CPUSpeedups(**cpu_settings(learn)))
-    return learn
+    return bars_or_lines(learn)
 
 
 METHODS = ('none', 'logit-adjust', 'crt', 'ncm')
@@ -89,25 +95,36 @@ def run_kanji(cfg, data=None, log=print, test=True):
     seconds = time.time() - t0
     computes = speed_summary(learn)
     if any(isinstance(c, CPUSpeedups) for c in learn.cbs): learn.remove_cb(CPUSpeedups)
-    counts, model = d['counts'], learn.model
-    train, valid = lt.features(model, split_dl(learn, d, 0)), lt.features(model, split_dl(learn, d, 1))
+    every = cfg.get('train_on', 'train') == 'all'
+    if every: d['part'] = np.where(d['part'] == 1, 1, 0)  # every image trained on; validation still shows progress
+    counts = np.bincount(d['y'], minlength=len(d['classes'])) if every else d['counts']
+    model = learn.model
+    train = lt.features(model, test_dl(learn.dls, (d['x'], d['y'])) if every else split_dl(learn, d, 0))
+    valid = lt.features(model, split_dl(learn, d, 1))
     base_valid = model[-1](valid[0]).detach()
     method, tau = cfg['method'], None
-    if method == 'logit-adjust':  # tau chosen on validation, for balanced accuracy
+    if method == 'logit-adjust' and every: tau = cfg['tau']  # chosen by the held-out run
+    elif method == 'logit-adjust':  # tau chosen on validation, for balanced accuracy
         tau = max(cfg.get('taus', (0.25, 0.5, 0.75, 1.0)),
                   key=lambda t: lt.long_tail_report(lt.adjust(base_valid, counts, t), valid[1], counts)['balanced'])
     learn.model = with_method(model, method, counts, train, valid, tau=tau, epochs=cfg.get('crt_epochs', 8),
                               seed=cfg['seed']).eval()
     with torch.inference_mode(): mv = classifier(learn.model)(valid[0])
-    threshold, coverage, kept = lt.choose_threshold(mv.softmax(1), valid[1], cfg['reject_accuracy'])
-    log(f"{method}{f' (tau {tau}, chosen on validation)' if tau is not None else ''}; " +
-        (f"not sure below {threshold:.2f}: on validation it answers {coverage:.0%} of the characters, {kept:.1%} of "
-         f"them right" if coverage else f"no confidence reaches {cfg['reject_accuracy']:.0%} right on validation: it is "
-                                          f"never sure"))
-    res = dict(method=method, tau=tau, valid=lt.long_tail_report(base_valid, valid[1], counts),
-               valid_method=lt.long_tail_report(mv, valid[1], counts), reject_below=threshold,
-               reject_valid=dict(coverage=coverage, accuracy=kept), test=None, test_method=None)
-    if test:  # read once, at the end
+    if every:  # the validation images were trained on: the threshold comes from the held-out run (cpu-check)
+        threshold, coverage, kept = cfg['reject_below'], None, None
+        log(f"{method}; trained on every image, so nothing is held out: not sure below {threshold:.2f}, the threshold "
+            f"the held-out run chose on validation")
+    else:
+        threshold, coverage, kept = lt.choose_threshold(mv.softmax(1), valid[1], cfg['reject_accuracy'])
+        log(f"{method}{f' (tau {tau}, chosen on validation)' if tau is not None else ''}; " +
+            (f"not sure below {threshold:.2f}: on validation it answers {coverage:.0%} of the characters, {kept:.1%} of "
+             f"them right" if coverage else f"no confidence reaches {cfg['reject_accuracy']:.0%} right on validation: "
+                                              f"it is never sure"))
+    res = dict(method=method, tau=tau, trained_on='every image' if every else 'the training part',
+               valid=None if every else lt.long_tail_report(base_valid, valid[1], counts),
+               valid_method=None if every else lt.long_tail_report(mv, valid[1], counts), reject_below=threshold,
+               reject_valid=None if every else dict(coverage=coverage, accuracy=kept), test=None, test_method=None)
+    if test and not every:  # read once, at the end
         for name, part in (('test', 2), ('rare', 3)):
             f, y = lt.features(model, split_dl(learn, d, part))
             with torch.inference_mode(): base, mine = model[-1](f), classifier(learn.model)(f)
@@ -121,6 +138,7 @@ def run_kanji(cfg, data=None, log=print, test=True):
     n_seen = cfg['epochs'] * len(dls.train) * cfg['bs']
     res.update(seconds=round(seconds, 1), images_per_second=round(n_seen / seconds, 1), device=device_name(),
                computes=computes, torch_threads=torch.get_num_threads(), versions=versions(), config=cfg,
-               n_train=len(dls.train_ds), n_valid=len(dls.valid_ds), n_test=int((d['part'] == 2).sum()) if test else 0,
+               n_train=len(dls.train_ds), n_valid=0 if every else len(dls.valid_ds),
+               n_test=int((d['part'] == 2).sum()) if test and not every else 0,
                n_classes=len(d['classes']))
     return res, learn

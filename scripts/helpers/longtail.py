@@ -12,7 +12,7 @@ carries it:
                  `weighted_dataloaders` (cRT, Kang et al.)
     NearestMean  cosine similarity to each class's mean feature (nearest class mean): a class with a single
                  training image gets a classifier too
-Uses: settings."""
+Uses: no other helpers module."""
 from __future__ import annotations
 
 import numpy as np
@@ -50,14 +50,15 @@ def long_tail_report(scores, targets, counts, k=5):
                n_images=len(t), n_classes=len(classes))
     for b in BUCKETS:
         m = where == b
-        rep[b] = dict(top1=float(right[m].mean()) if m.any() else float('nan'), images=int(m.sum()),
+        rep[b] = dict(top1=float(right[m].mean()) if m.any() else None, images=int(m.sum()),  # None: no such class
                       classes=int(len(np.unique(t[m]))))
     return rep
 
 
 def report_row(rep):
-    "One flat row of a report, for a table: top-1, top-5, balanced, then each bucket's top-1."
-    return {**{k: rep[k] for k in ('top1', 'top5', 'balanced') if k in rep}, **{b: rep[b]['top1'] for b in BUCKETS}}
+    "One flat row of a report, for a table: top-1, top-5, balanced, then each bucket's top-1 (NaN for an empty bucket)."
+    return {**{k: rep[k] for k in ('top1', 'top5', 'balanced') if k in rep},
+            **{b: float('nan') if rep[b]['top1'] is None else rep[b]['top1'] for b in BUCKETS}}
 
 
 def log_prior(counts):

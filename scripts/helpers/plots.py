@@ -3,7 +3,7 @@
 Characters are drawn with a Japanese font that works offline. Uses: catalogue, archives, downloads."""
 from __future__ import annotations
 
-import logging
+import logging, warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -19,6 +19,8 @@ def japanese_font():
     "Use IPAexGothic (shipped by matplotlib-fontja, works offline and in Colab) so characters show, not boxes."
     import matplotlib_fontja  # noqa: F401  (sets matplotlib's font family on import)
     logging.getLogger('matplotlib.font_manager').setLevel(logging.ERROR)  # it has no bold: no warning per title
+    # a few rare kanji have no glyph in it (notebook 08 labels those by code point): a box, not a warning per glyph
+    warnings.filterwarnings('ignore', message=r'Glyph \d+ .* missing from font')
 
 
 def label_name(char):

@@ -1,4 +1,5 @@
-"""Tracking with Weights & Biases through fastai's `WandbCallback`: offline by default, never waiting for a login.
+"""Tracking a run: Weights & Biases through fastai's `WandbCallback`, offline by default, never waiting for a login;
+and a log a teacher can read, one line per epoch, when no terminal or notebook shows fastai's progress bars.
 
 `wandb` is imported only when a run starts (importing it takes a few seconds). Uses: settings."""
 from __future__ import annotations
@@ -6,9 +7,15 @@ from __future__ import annotations
 import netrc, os, random
 from pathlib import Path
 
+import sys
+
 import numpy as np
 import torch
+from fastai.callback.core import Callback
+from fastai.callback.progress import ProgressCallback
 from fastai.callback.wandb import WandbCallback
+from fastcore.basics import noop
+from fastcore.imports import in_notebook
 
 from . import settings
 
@@ -66,3 +73,24 @@ def finish_wandb(learn=None):
         import wandb
         if wandb.run is not None: wandb.finish(quiet=True)
     except ImportError: pass
+
+
+class EpochLines(Callback):
+    """One line per epoch, for a log: piped to a file or in CI, fastai's progress bars write every update (several
+    hundred kB a run). The line holds what the bar's table would: epoch, losses, metrics, time. Respects `no_logging`."""
+    order = ProgressCallback.order
+    def before_fit(self):
+        self.old = self.learn.logger
+        if self.old is not noop: self.learn.logger = self.line
+    def after_fit(self): self.learn.logger = self.old
+    def line(self, log):
+        if len(log) < len(self.recorder.metric_names): return  # validate() and get_preds(): no row, as with the bars
+        print('  '.join(f'{n} {v:.4f}' if isinstance(v, float) else f'{n} {v}'
+                        for n, v in zip(self.recorder.metric_names, log)), flush=True)
+
+
+def bars_or_lines(learn):
+    "Progress bars in a terminal or a notebook; without either (a log file, CI), `EpochLines` instead. Returns `learn`."
+    if not (sys.stdout.isatty() or in_notebook()) and any(isinstance(c, ProgressCallback) for c in learn.cbs):
+        learn.remove_cb(ProgressCallback); learn.add_cb(EpochLines())
+    return learn

@@ -12,8 +12,6 @@ import torch
 from fastai.vision.all import (Adam, Callback, ConvLayer, Flatten, LabelSmoothingCrossEntropyFlat, Learner, ResBlock,
                                accuracy, error_rate, get_c, ranger, resnet18, resnet34, resnet50, to_float, vision_learner)
 from fastai.callback.progress import ProgressCallback
-from fastcore.basics import noop
-from fastcore.imports import in_notebook
 from torch import nn
 
 from .arrays import load_arrays, subsample
@@ -22,7 +20,7 @@ from .downloads import install_weights
 from .lr import find_lr, smooth
 from .recipes import EraseStrokes, Stretch, StrokeWidth, brush_augment, ensemble_accuracy, get_probs, mixing_callback, score
 from .settings import cpu_has_bf16, device_name, on_gpu, set_seed, use_fp16, versions
-from .tracking import finish_wandb, start_wandb
+from .tracking import EpochLines, bars_or_lines, finish_wandb, start_wandb
 
 
 def kmnist_cnn(n_out=10, widths=(16, 32, 64), blocks=(1, 1, 1), stem=1):
@@ -137,27 +135,6 @@ def cpu_settings(learn, margin=0.9):
     return dict(_MEASURED[key])
 
 
-class EpochLines(Callback):
-    """One line per epoch, for a log: piped to a file or in CI, fastai's progress bars write every update (several
-    hundred kB a run). The line holds what the bar's table would: epoch, losses, metrics, time. Respects `no_logging`."""
-    order = ProgressCallback.order
-    def before_fit(self):
-        self.old = self.learn.logger
-        if self.old is not noop: self.learn.logger = self.line
-    def after_fit(self): self.learn.logger = self.old
-    def line(self, log):
-        if len(log) < len(self.recorder.metric_names): return  # validate() and get_preds(): no row, as with the bars
-        print('  '.join(f'{n} {v:.4f}' if isinstance(v, float) else f'{n} {v}'
-                        for n, v in zip(self.recorder.metric_names, log)), flush=True)
-
-
-def bars_or_lines(learn):
-    "Progress bars in a terminal or a notebook; without either (a log file, CI), `EpochLines` instead. Returns `learn`."
-    if not (sys.stdout.isatty() or in_notebook()) and any(isinstance(c, ProgressCallback) for c in learn.cbs):
-        learn.remove_cb(ProgressCallback); learn.add_cb(EpochLines())
-    return learn
-
-
 OPTIMIZERS = {'adam': Adam, 'ranger': ranger}  # ranger: fastai's RAdam with Lookahead (an average of recent weights)
 
 
@@ -199,6 +176,10 @@ def export(learn, path):
     path = Path(path).resolve(); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + '.tmp')
     members = learn.__dict__.pop('members', None)
+    trained = {id(p) for p in learn.opt.all_params().itemgot(0)} if learn.opt is not None else None
+    if trained is not None and trained != {id(p) for p in learn.model.parameters()}:
+        learn.opt = None  # a model changed after training (notebook 08 builds its long-tail method in): the optimizer
+                          # state no longer fits it, and fastai's export would fail putting it back
     try: learn.export(tmp)
     finally:
         if members is not None: learn.members = members
@@ -304,20 +285,3 @@ def plot_batch_size_study(runs):
     b.set(ylabel='validation accuracy', title='After the last epoch (dots: seeds)', ylim=(floor, 1))
     fig.tight_layout()
     return fig
-
-
-def training_speed(learn, n_batches=5):
-    "Training images per second of `learn` on its own DataLoader (forward, backward, step), a few batches."
-    model, opt = learn.model.train(), torch.optim.SGD(learn.model.parameters(), lr=1e-4)
-    it, seen = iter(learn.dls.train), 0
-    xb, yb = next(it)
-    learn.loss_func(model(xb), yb).backward()  # warm up
-    amp = torch.autocast('cuda', dtype=torch.float16, enabled=use_fp16())  # as to_fp16() trains on a GPU
-    t0 = time.perf_counter()
-    for _ in range(n_batches):
-        xb, yb = next(it)
-        with amp: loss = learn.loss_func(model(xb), yb)
-        loss.backward(); opt.step(); opt.zero_grad()
-        seen += len(xb)
-    if on_gpu(): torch.cuda.synchronize()
-    return seen / (time.perf_counter() - t0)
