@@ -3,6 +3,7 @@
 
     python scripts/classroom.py classroom/                      # all the notebooks need (about 0.3 GB)
     python scripts/classroom.py classroom/ --calligraphy full   # the full calligraphy archive (0.5 GB) instead of 05's subset
+    python scripts/classroom.py classroom/ --kkanji             # with Kuzushiji-Kanji's tar (about 310 MB), for notebook 08
     python -m http.server 8000 --directory classroom            # serve it; on every laptop:
     export KUZUSHIJI_MIRROR=http://TEACHER-LAPTOP:8000/          # before Jupyter, or in a notebook before `import helpers`
 
@@ -13,6 +14,8 @@ What goes in, and who asks for it:
     them. --calligraphy full serves the whole archive instead (notebook 05 on it: not measured); none, nothing.
   ImageNet weights of resnet18, resnet34 and resnet50 (about 230 MB, by torchvision's file sizes): notebook 05's
     ResNet18, and 03 and 04 on a GPU, start from them (without them: from random weights, and they say so).
+  With --kkanji, Kuzushiji-Kanji's kkanji.tar (about 310 MB, no published checksum), which notebook 08 downloads:
+    left out by default, as the half-day plan does not reach 08.
 With KUZUSHIJI_MIRROR set, a notebook tries only the mirror, so a file missing here fails on every laptop: this
 script is how TEACHING.md makes the folder, and tests/test_classroom.py runs the notebooks from what it makes.
 Running it again fetches only what is missing."""
@@ -24,7 +27,7 @@ import helpers as h
 WEIGHTS = ('resnet18', 'resnet34', 'resnet50')
 
 
-def build(folder, calligraphy='subset', weights=True, mirror=None, quiet=False):
+def build(folder, calligraphy='subset', weights=True, mirror=None, quiet=False, kkanji=False):
     "Fetch into `folder` what the notebooks download; returns the files it holds."
     folder = Path(folder)
     for fmt in ('npz', 'mnist'):  # notebook 01 downloads both formats, the others the npz files
@@ -33,6 +36,9 @@ def build(folder, calligraphy='subset', weights=True, mirror=None, quiet=False):
     elif calligraphy == 'full':
         h.download_file(h.CALLIGRAPHY_ZIP, None, folder, mirror=mirror, dataset='calligraphy', quiet=quiet, timeout=60.)
     if weights: h.download_weights(WEIGHTS, dest=folder, mirror=mirror, quiet=quiet)
+    if kkanji:  # the tar as served, not extracted: notebook 08 extracts its own copy
+        for name, md5 in h.dataset_files('kkanji'):
+            h.download_file(name, md5, folder, mirror=mirror, dataset='kkanji', quiet=quiet)
     return sorted(p for p in folder.iterdir() if p.is_file())
 
 
@@ -43,11 +49,12 @@ def main(argv=None):
     p.add_argument('--calligraphy', choices=['subset', 'full', 'none'], default='subset',
                    help="notebook 05's 600-image subset (default), the full archive, or nothing")
     p.add_argument('--no-weights', dest='weights', action='store_false', help='leave out the ImageNet weights')
+    p.add_argument('--kkanji', action='store_true', help="add Kuzushiji-Kanji's tar (about 310 MB) for notebook 08")
     p.add_argument('--mirror', help='take every file from this folder or URL (another classroom folder) instead of '
                                     f'the official hosts (or set {h.MIRROR_ENV})')
     a = p.parse_args(argv)
     try:
-        files = build(a.folder, a.calligraphy, a.weights, a.mirror)
+        files = build(a.folder, a.calligraphy, a.weights, a.mirror, kkanji=a.kkanji)
     except (h.DownloadError, ValueError) as e:
         print(f'\nerror: {e}', file=sys.stderr); return 1
     except KeyboardInterrupt:

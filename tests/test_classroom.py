@@ -149,6 +149,11 @@ def test_classroom_py_fills_the_folder_with_what_the_notebooks_fetch(archive, tm
     assert names == sorted({n for fs in h.FILES['kmnist'].values() for n, _ in fs} | {h.CALLIGRAPHY_ZIP})
     out = capsys.readouterr().out
     assert 'python -m http.server 8000 --directory' in out and 'export KUZUSHIJI_MIRROR=http://THIS-LAPTOP:8000/' in out
+    # --kkanji adds notebook 08's tar, as served (not extracted); without it the folder has none
+    (upstream / 'kkanji.tar').write_bytes(b'a stand-in for the tar')
+    assert classroom.main([str(tmp_path / 'room'), '--no-weights', '--calligraphy', 'none', '--kkanji', '--mirror', str(upstream)]) == 0
+    assert (tmp_path / 'room' / 'kkanji.tar').read_bytes() == b'a stand-in for the tar'
+    assert not (tmp_path / 'room' / 'kkanji2').exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
