@@ -15,7 +15,7 @@ character. They are picked once, when the app starts, from the KMNIST files the 
 A Kuzushiji-Kanji model (notebook 08) gets a tab of its own: its top 5, and beside each a few of its training images
 and how many it learned that kanji from, so a learner sees when an answer rests on a single example; below the
 confidence notebook 08 chose on validation, it says it is not sure. Its brush is a little thinner: kanji strokes are
-8.8% of the frame, KMNIST's 9.5% (notebook 08 measures both). What the page shows beside the Gradio parts (the font,
+8.8% of the frame, KMNIST's 9.5% (RESEARCH.md, "The app's brush for kanji"). What the page shows beside the Gradio parts (the font,
 the PNG images, the training examples) is in `page`, which the static web page shares. Uses: inference, page."""
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from .page import (EXAMPLE_SIZE, N_EXAMPLES, N_KANJI_EXAMPLES, PAGE_FONT, SEEN_S
 
 CANVAS = 400
 BRUSH = 34  # stroke width in canvas pixels (see the module's docstring)
-KANJI_BRUSH = 30  # the same proportion for kanji: 8.8% of the frame (notebook 08)
+KANJI_BRUSH = 30  # the same proportion for kanji: 8.8% of the frame (RESEARCH.md)
 N_KANJI = 5  # the kanji tab's answers
 EMPTY = 'Nothing to read yet: draw a character on the canvas, then press **Read it**.'
 # Take the sketchpad's brush tool once the page has loaded, after every Clear (which puts it down again) and when its
