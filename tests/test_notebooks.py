@@ -7,7 +7,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import write_kmnist
+from conftest import write_kanji_tar, write_kmnist
 from nbrun import NOTEBOOKS, cell, images, run, text
 
 
@@ -19,6 +19,7 @@ def nb_env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('nb')
     md5s = write_kmnist(tmp / 'mirror', n_train=300, n_test=60)
     (tmp / 'md5.json').write_text(json.dumps(md5s))
+    write_kanji_tar(tmp / 'mirror' / 'kkanji.tar')  # notebook 08: 36 classes of 1 to 40 images (no checksum is published)
     srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
     srv.root, srv.ranges, srv.requests, srv.cut_after = str(tmp / 'mirror'), True, [], {}
     threading.Thread(target=srv.serve_forever, daemon=True).start()
@@ -87,6 +88,7 @@ def test_03_lr_finder(nb_env):
     assert len(images(nb, 'plot')) == 1
     lag = text(nb, 'lag')
     lr_raw = float(re.search(r'raw loss \(5-batch mean\) lowest at lr ([\d.e+-]+)', lag).group(1))
+    assert re.search(r'at that point the raw loss \(5-batch mean\) is [\d.]+; it started at [\d.]+', lag), lag
     lr_sm, later = re.search(r'smoothed loss lowest at lr ([\d.e+-]+): [\d.]+, (-?\d+) batches later', lag).groups()
     assert float(lr_sm) == pytest.approx(10 * rule, rel=0.05)  # the rule is a tenth of the smoothed minimum
     assert '1 / (1 - 0.98) = 50' in lag
@@ -198,6 +200,13 @@ def test_06_put_it_to_work(nb_env, tmp_path):
     assert len(top3) == 3 and all(c in 'おきすつなはまやれを' for c, _, _ in top3), text(nb, 'top3')
     assert [float(p) for *_, p in top3] == sorted((float(p) for *_, p in top3), reverse=True)
     assert re.search(r'drawn: は \(ha\); read as \S \(\w+\)', text(nb, 'top3'))
+    stats = text(nb, 'kmnist-stats')  # KMNIST's look, measured in the notebook (what kmnist_input copies)
+    assert re.search(r'border pixels median 0; the brightest pixel is 255 in [\d.]+% of the images', stats), stats
+    assert re.search(r'spans all 28 pixels on its longer side in [\d.]+% .*\n.*box centre lies at [\d.]+ to [\d.]+ pixels', stats)
+    assert re.search(r'stroke width, ink area over half its outline: median [\d.]+ pixels', stats)
+    page = text(nb, 'page')  # the static page's export, checked against fastai
+    assert re.search(r"model.onnx: \d+ kB for 10 classes. On \d+ test images ONNX Runtime gave fastai's top answer", page), page
+    assert 'model.onnx' in page and 'model.json' in page and (tmp_path / 'out' / 'models' / 'page' / 'model.onnx').is_file()
     bad = text(nb, 'bad')
     assert 'Nothing to read' in bad and 'is not an image' in bad and 'Traceback' not in bad
     shown = ''.join(o.get('data', {}).get('text/html', '') for o in cell(nb, 'app').outputs)
@@ -267,3 +276,55 @@ def test_07_beyond_the_article(nb_env):
         o.get('text', '') for c in nb.cells for o in c.get('outputs', []) if o.get('output_type') == 'stream'), re.M))
     assert html.count('%</td>') == 2 * (n_models + 3), html  # every fit, TTA, the ensemble, best-cpu: validation and test
     assert html.count('>random slice</td>') == 2  # notebook 04's baseline and best-cpu; the rest on test-like images
+
+def test_08_kuzushiji_kanji(nb_env):
+    nb = run(NOTEBOOKS / '08_kuzushiji_kanji_long_tail.ipynb', nb_env)
+    if os.environ.get('KUZUSHIJI_KEEP_NB'): nbformat.write(nb, os.environ['KUZUSHIJI_KEEP_NB'])
+    n_images, n_classes = map(int, re.search(r'^([\d,]+) images in ([\d,]+) class folders', text(nb, 'files')).groups())
+    assert (n_images, n_classes) == (913, 36)
+    labels = text(nb, 'labels')
+    assert 'U+4E00 -> 一' in labels and 'U+29780 as U+29780' in labels  # CJK Extension B, no glyph: its code point
+    measure = text(nb, 'measure')
+    assert re.search(r'border pixels median \d+, brightest pixel median \d+: white on black', measure)
+    assert re.search(r'its longer side fills the frame in \d+%', measure)
+    for tag in ('grid', 'sizes', 'datablock', 'acc-vs-size', 'reject'):
+        assert len(images(nb, tag)) == 1, tag
+    assert re.search(r'fewer than 20: 14; exactly one: 1', text(nb, 'sizes'))
+    split = text(nb, 'split')
+    counts = dict(re.findall(r'^(train|valid|test|rare)\s+(\d+)', split, re.M))
+    assert sum(map(int, counts.values())) == n_images and counts['test'] == counts['valid'], split
+    assert f"{int(counts['train']):,} training and {int(counts['valid']):,} validation images" in text(nb, 'datablock')
+    assert re.search(r'DataBlock, one PNG per item: [\d,]+ images/s; tensors sliced from the array: [\d,]+ images/s',
+                     text(nb, 'loaders'))
+    # three seeds of the baseline, their mean and spread, on validation; each idea on the same seeds
+    for tag in ('baseline', 'la', 'crt', 'ncm'):
+        t = text(nb, tag)
+        assert all(f'seed {s}' in t for s in (42, 1, 2)) and 'mean' in t and 'spread' in t, (tag, t)
+    assert re.search(r'chosen: tau = [\d.]+', text(nb, 'la'))
+    # the table's verdicts follow from its numbers and the rule
+    table = text(nb, 'tradeoff')
+    spread_top1, spread_bal = map(float, re.search(r'top-1 ([\d.]+) points, balanced ([\d.]+)', table).groups())
+    rows = {m[0].strip(): (float(m[1]), float(m[3]), m[-1].strip()) for m in
+            re.findall(r'^(.+?)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(?:[\d.]+|NaN)\s+[\d.]+\s+[\d.]+\s*(.*)$', table, re.M)}
+    assert set(rows) == {'baseline', 'cRT', 'nearest class mean'} | {n for n in rows if n.startswith('logit adjustment')}
+    b_top1, b_bal, _ = rows['baseline']
+    for name, (top1, bal, verdict) in rows.items():
+        if name == 'baseline': continue
+        keep = bal - b_bal > spread_bal and b_top1 - top1 <= spread_top1
+        if abs(bal - b_bal - spread_bal) > 0.011 and abs(b_top1 - top1 - spread_top1) > 0.011:  # not a tie by rounding
+            assert (verdict == 'yes') == keep, (name, top1, bal, verdict, table)
+    chosen = re.search(r'chosen on validation: (.+?) \(balanced', text(nb, 'chosen'))[1]
+    assert chosen == 'baseline' or rows[chosen][2] == 'yes'
+    assert re.search(r'[\d,]+ images, one from each class with 2 to 4 images', text(nb, 'rare'))
+    assert re.search(r'Not sure below [\d.]+: it answers [\d.]+% of the characters, [\d.]+% of them right|'
+                     r'answering everything', text(nb, 'reject'))
+    # the test set: read once, in its own cell, after every choice
+    idx = [i for i, c in enumerate(nb.cells) if 'test' in c.get('metadata', {}).get('tags', [])][0]
+    for c in nb.cells[:idx]:
+        if c.cell_type == 'code': assert 'loader(2)' not in c.source, c.source  # no model reads a test image before
+    test = text(nb, 'test')
+    assert re.search(r'test: \d+ images of \d+ classes', test) and 'baseline' in test and chosen in test, test
+    export = text(nb, 'export')
+    last = {'baseline': 'Linear', 'cRT': 'Linear', 'nearest class mean': 'NearestMean'}.get(chosen, 'LogitAdjust')
+    assert f'kkanji-08.pkl: ' in export and f'last layer {last}' in export, export
+    assert (Path(nb_env['KUZUSHIJI_OUT']) / 'models' / 'kkanji-08.pkl').is_file()
