@@ -19,7 +19,9 @@ def nb_env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('nb')
     md5s = write_kmnist(tmp / 'mirror', n_train=300, n_test=60)
     (tmp / 'md5.json').write_text(json.dumps(md5s))
-    write_kanji_tar(tmp / 'mirror' / 'kkanji.tar')  # notebook 08: 36 classes of 1 to 40 images (no checksum is published)
+    # notebook 08: 36 classes of 1 to 60 images (no checksum is published), enough for its loader timings' batches of 128
+    tail = [min(40, 1 + i + i * i // 30) for i in range(36)]
+    write_kanji_tar(tmp / 'mirror' / 'kkanji.tar', counts=[n if n < 5 else min(60, n + n // 2) for n in tail])
     srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
     srv.root, srv.ranges, srv.requests, srv.cut_after = str(tmp / 'mirror'), True, [], {}
     threading.Thread(target=srv.serve_forever, daemon=True).start()
@@ -201,8 +203,10 @@ def test_06_put_it_to_work(nb_env, tmp_path):
     assert [float(p) for *_, p in top3] == sorted((float(p) for *_, p in top3), reverse=True)
     assert re.search(r'drawn: は \(ha\); read as \S \(\w+\)', text(nb, 'top3'))
     stats = text(nb, 'kmnist-stats')  # KMNIST's look, measured in the notebook (what kmnist_input copies)
-    assert re.search(r'border pixels median 0; the brightest pixel is 255 in [\d.]+% of the images', stats), stats
-    assert re.search(r'spans all 28 pixels on its longer side in [\d.]+% .*\n.*box centre lies at [\d.]+ to [\d.]+ pixels', stats)
+    # the quick run's data are synthetic characters (tests/conftest.py), so the values are not KMNIST's: check the form
+    assert re.search(r'border pixels median \d+; the brightest pixel is 255 in [\d.]+% of the images', stats), stats
+    lo, hi = map(float, re.search(r'box centre lies at ([\d.]+) to ([\d.]+) pixels', stats).groups())
+    assert 0 <= lo <= hi <= 27 and re.search(r'spans all 28 pixels on its longer side in [\d.]+% of the images', stats)
     assert re.search(r'stroke width, ink area over half its outline: median [\d.]+ pixels', stats)
     page = text(nb, 'page')  # the static page's export, checked against fastai
     assert re.search(r"model.onnx: \d+ kB for 10 classes. On \d+ test images ONNX Runtime gave fastai's top answer", page), page
@@ -280,8 +284,9 @@ def test_07_beyond_the_article(nb_env):
 def test_08_kuzushiji_kanji(nb_env):
     nb = run(NOTEBOOKS / '08_kuzushiji_kanji_long_tail.ipynb', nb_env)
     if os.environ.get('KUZUSHIJI_KEEP_NB'): nbformat.write(nb, os.environ['KUZUSHIJI_KEEP_NB'])
-    n_images, n_classes = map(int, re.search(r'^([\d,]+) images in ([\d,]+) class folders', text(nb, 'files')).groups())
-    assert (n_images, n_classes) == (913, 36)
+    n_images, n_classes = (int(n.replace(',', '')) for n in
+                           re.search(r'^([\d,]+) images in ([\d,]+) class folders', text(nb, 'files')).groups())
+    assert (n_images, n_classes) == (1359, 36)
     labels = text(nb, 'labels')
     assert 'U+4E00 -> 一' in labels and 'U+29780 as U+29780' in labels  # CJK Extension B, no glyph: its code point
     measure = text(nb, 'measure')
@@ -289,7 +294,7 @@ def test_08_kuzushiji_kanji(nb_env):
     assert re.search(r'its longer side fills the frame in \d+%', measure)
     for tag in ('grid', 'sizes', 'datablock', 'acc-vs-size', 'reject'):
         assert len(images(nb, tag)) == 1, tag
-    assert re.search(r'fewer than 20: 14; exactly one: 1', text(nb, 'sizes'))
+    assert re.search(r'fewer than 20: 10; exactly one: 1', text(nb, 'sizes'))
     split = text(nb, 'split')
     counts = dict(re.findall(r'^(train|valid|test|rare)\s+(\d+)', split, re.M))
     assert sum(map(int, counts.values())) == n_images and counts['test'] == counts['valid'], split
