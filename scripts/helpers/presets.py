@@ -11,20 +11,20 @@ PRESETS = {
     'article': dict(arch='resnet34', bs=128, epochs=10, lr='auto', size=None, pretrained=True, fp16=True, n_train=None,
                     label_smoothing=False, max_warp=0.1),
     # A laptop without a GPU: a small fastai-built CNN, sized for notebook 04 within 5 minutes on 2 cores, the rate
-    # from lr_find with the article's rule. Chosen on the validation set only (tools/compare_recipes.py, README
+    # from lr_find with the article's rule. Chosen on the validation set only (tools/compare_recipes.py, RESEARCH.md,
     # "Choosing the cpu preset"): without label smoothing it scored lower by a little more than the spread of three
     # seeds; the warp and a fixed 1e-2 tied within that spread, and the warp costs time, so it is left out.
     'cpu': dict(arch='kmnist_cnn', bs=128, epochs=6, lr='auto', size=None, pretrained=False, fp16=False, n_train=None,
                 label_smoothing=True, max_warp=0.),
     # Beyond the article (notebook 07, which chose it on validation only): the cpu preset's recipe on a CNN twice as
     # wide (482k parameters), one model for 20 epochs: about 20 minutes of training on 2 CPU cores (13 to 24 in the runs
-    # measured, on 2 cores of an Intel Xeon, a shared machine: README). Judged at this budget in notebook 07, random
+    # measured, on 2 cores of an Intel Xeon, a shared machine: RESEARCH.md). Judged at this budget in notebook 07, random
     # erasing, brush augmentation, mixup and TTA each tied with the baseline within the spread of three seeds (a tie
-    # goes to the simpler recipe), and an ensemble of two 10-epoch models lost to one model trained for 20 by more than
-    # that spread, so all are off (`erase`: the probability of an erased box per image; `ensemble`: how many models,
+    # goes to the simpler recipe), and an ensemble of two 10-epoch models scored below one model trained for 20, within
+    # that spread of the seeds' mean (a tie, to the simpler recipe), so all are off (`erase`: the probability of an erased box per image; `ensemble`: how many models,
     # alike but for their seeds, to average). Thicker or thinner strokes (`stroke`: the probability per image,
     # `recipes.StrokeWidth`) are on: judged at full size with three seeds each (results/best-cpu-stroke.json), they beat
-    # the recipe by more than its seeds' spread. Judged at full size since and not kept (README, "Judging the next idea
+    # the recipe by more than its seeds' spread. Judged at full size since and not kept (RESEARCH.md, "Judging the next idea
     # without retraining the preset"): stroke=1.0, erase=0.5, kmnist_cnn_deep, bs=64, brush augmentation, lr=0.02 and
     # mixup; and three settings added for that, off: `stretch` (the probability of `recipes.Stretch` per image), `wd`
     # (weight decay; None: fastai's 0.01) and `opt` ('ranger': fastai's RAdam with Lookahead; None: Adam).
@@ -57,8 +57,8 @@ CALLIGRAPHY_PRESETS = {
 KANJI_PRESETS = {
     # Kuzushiji-Kanji on a laptop, notebook 08's recipe at a bigger budget: `kanji_training.kanji_cnn` at 32 px on the
     # natural distribution, one-cycle at 1e-2, label smoothing, then cRT (the long-tail method notebook 08 chose on
-    # validation: a last layer retrained on class-balanced batches of the frozen features). About 10 minutes of
-    # training on 2 CPU cores each (README).
+    # validation: a last layer retrained on class-balanced batches of the frozen features). About 5 to 6 minutes
+    # of training on 2 CPU cores each (README: 280 s and 362 s).
     # `cpu-check` trains on the training part of the split, chooses the reject threshold on validation (the lowest
     # confidence at which the answers kept are `reject_accuracy` right) and reads the test set once: the README's scores.
     'cpu-check': dict(arch='kanji_cnn', size=32, bs=128, epochs=5, lr=1e-2, n_train=None, train_on='train',
