@@ -25,13 +25,10 @@ os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')  # before gradio is i
 import gradio as gr  # noqa: E402
 
 from .inference import InputError, NoInk, label_text, predict  # noqa: E402
-from .page import (EXAMPLE_SIZE, N_EXAMPLES, N_KANJI_EXAMPLES, PAGE_FONT, SEEN_SCALE, SEEN_SIZE, THEME_FONTS,  # noqa: E402,F401
-                   as_label, example_html, font_css, kanji_example_html, kanji_examples, png_base64, seen_image,
-                   training_examples)
+from .page import (BRUSH, CANVAS, EXAMPLE_SIZE, KANJI_BRUSH, N_EXAMPLES, N_KANJI_EXAMPLES, PAGE_FONT,  # noqa: E402,F401
+                   SEEN_SCALE, SEEN_SIZE, THEME_FONTS, as_label, example_html, font_css, kanji_example_html,
+                   kanji_examples, png_base64, seen_image, training_examples)
 
-CANVAS = 400
-BRUSH = 34  # stroke width in canvas pixels (see the module's docstring)
-KANJI_BRUSH = 30  # about the same proportion for kanji: 8.8% of the frame against 9.5% (34 x 8.8 / 9.5 = 31.5; RESEARCH.md)
 N_KANJI = 5  # the kanji tab's answers
 EMPTY = 'Nothing to read yet: draw a character on the canvas, then press **Read it**.'
 # Take the sketchpad's brush tool once the page has loaded, after every Clear (which puts it down again) and when its

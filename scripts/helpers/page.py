@@ -1,4 +1,4 @@
-"""What the app's pages show, apart from Gradio: the font for their Japanese characters, the model's input and the
+"""What the app's pages show, apart from Gradio: the canvas and brush, the font for their Japanese characters, the model's input and the
 training images beside an answer, as PNG data, and labels with their probabilities. The Gradio app (`app`) and the
 static web page (`web`) share them; importing this module does not load Gradio.
 Uses: arrays, kanji, inference."""
@@ -14,6 +14,9 @@ from .arrays import DataFormatError, load_arrays
 from .inference import label_text
 from .kanji import find_root, kanji_files, split_parts
 
+CANVAS = 400  # the drawing canvas, in pixels a side (the Gradio app's and the static page's)
+BRUSH = 34  # stroke width in canvas pixels: KMNIST's proportion (the app module's docstring says how it was sized)
+KANJI_BRUSH = 30  # about the same proportion for kanji: 8.8% of the frame against 9.5% (34 x 8.8 / 9.5 = 31.5; RESEARCH.md)
 SEEN_SCALE = 5  # the model's input is shown 5x larger, each pixel a square (28x28 as 140x140)
 SEEN_SIZE = 28 * SEEN_SCALE
 EXAMPLE_SIZE = 56  # training examples are shown 2x larger

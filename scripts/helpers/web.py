@@ -18,7 +18,7 @@ model.json carries what the page's JavaScript must agree on with Python: the inp
 many answers to show, the ink level and contrast of `helpers.inference`, the canvas and brush of the Gradio app.
 A kanji model (thousands of classes, 32x32) uses the same page by export alone: labels a font lacks show as their
 code point, and `top` says how many answers to show.
-Uses: inference; app (lazily: it loads Gradio) for the font and the training examples."""
+Uses: inference, page (the font, the training examples, the canvas and brush; not Gradio)."""
 from __future__ import annotations
 
 import hashlib, io, json, os, warnings
@@ -30,6 +30,7 @@ from fastai.vision.augment import RandomResizedCropGPU, RandTransform, Resize
 from PIL import Image
 
 from .inference import INK_LEVEL, MIN_CONTRAST, InputError, label_text, model_kind, probabilities
+from . import page
 
 FORMAT = 1             # model.json's format; the page refuses another
 N_CHECK = 300          # test images the self-check reads
@@ -173,7 +174,6 @@ def export_page(learn, folder, train=None, test=None, top=3, per_class=None, n_c
     if test is None or not len(test[0]):
         raise ExportError('The export checks itself on test images: pass the data folder (--data data/kmnist; '
                           'python scripts/download_data.py --dataset kmnist downloads it).')
-    from . import app  # loads Gradio (seconds): only here, for the font and the examples
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     size, vocab = input_size(learn), [str(c) for c in learn.dls.vocab]
     x = np.asarray(test[0], np.uint8)
@@ -186,10 +186,10 @@ def export_page(learn, folder, train=None, test=None, top=3, per_class=None, n_c
     shown = page_labels(vocab)
     (folder / 'font.css').write_text(
         '/* The page\'s font for its Japanese labels: a subset of IPAexGothic (IPA Font License v1.0), made by '
-        'helpers.app.font_css */\n' + app.font_css(' '.join(shown)), encoding='utf-8')
+        'helpers.page.font_css */\n' + page.font_css(' '.join(shown)), encoding='utf-8')
     for old in folder.glob('examples*.png'): old.unlink()
-    per_class = app.N_EXAMPLES if per_class is None else per_class
-    examples = app.training_examples(vocab, train, per_class) if train is not None and per_class else None
+    per_class = page.N_EXAMPLES if per_class is None else per_class
+    examples = page.training_examples(vocab, train, per_class) if train is not None and per_class else None
     sheets = []
     if examples:
         for i, png in enumerate(example_sheets(examples, vocab, size, per_class)):
@@ -198,7 +198,7 @@ def export_page(learn, folder, train=None, test=None, top=3, per_class=None, n_c
                sha256=hashlib.sha256((folder / 'model.onnx').read_bytes()).hexdigest(),
                input=dict(name='pixels', size=size, dtype='uint8', layout='1x1xSxS, white ink on black'),
                output='probabilities', labels=vocab, shown=shown, top=min(int(top), len(vocab)),
-               ink_level=INK_LEVEL, min_contrast=MIN_CONTRAST, canvas=app.CANVAS, brush=app.BRUSH,
+               ink_level=INK_LEVEL, min_contrast=MIN_CONTRAST, canvas=page.CANVAS, brush=page.BRUSH,
                normalisation=dict(norm, note='inside the graph: the page feeds uint8 pixels'),
                examples=dict(sheets=sheets, size=size, per_class=per_class, rows_per_sheet=ROWS_PER_SHEET,
                              missing=[c for c in vocab if c not in examples]) if examples else None,
