@@ -107,7 +107,8 @@ def main(argv=None):
     prof = EpochProfiler(learn)
     load = open('/proc/loadavg').read().split()[:3] if os.path.exists('/proc/loadavg') else '?'
     t0 = time.perf_counter()
-    learn.fit_one_cycle(1, float(cfg['lr']), cbs=ShortEpochCallback(a.pct, short_valid=False) if a.pct < 1 else None)
+    lr = 1e-2 if cfg['lr'] == 'auto' else float(cfg['lr'])  # the time of a step does not depend on the rate
+    learn.fit_one_cycle(1, lr, cbs=ShortEpochCallback(a.pct, short_valid=False) if a.pct < 1 else None)
     total = time.perf_counter() - t0
     learn._call_one = prof.call_one
     h.finish_wandb(learn)
