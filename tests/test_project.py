@@ -49,6 +49,29 @@ def test_clean_copies_match_their_notebooks(tmp_path, monkeypatch):
     assert nbsync.main(['--check']) == 1
 
 
+def numbered(nb):
+    "Every numbered line (a question or an exercise) from the questionnaire's heading on, in the notebook's markdown."
+    md = '\n'.join(''.join(c['source']) for c in nb['cells'] if c['cell_type'] == 'markdown')
+    assert md.count('\n## Questionnaire') + md.startswith('## Questionnaire') == 1, 'one questionnaire per notebook'
+    return re.findall(r'(?m)^[ \t]*\d+\.[ \t].*$', md.split('## Questionnaire', 1)[1])
+
+
+def test_clean_copies_keep_every_question_and_exercise():
+    "Whatever cell the questionnaire's heading stands in, its clean copy keeps every numbered question and exercise."
+    for p in sorted((ROOT / 'notebooks').glob('*.ipynb')):
+        full = numbered(json.loads(p.read_text()))
+        assert len(full) >= 10, p.name  # each notebook asks at least ten questions
+        assert numbered(json.loads((ROOT / 'clean' / p.name).read_text())) == full, p.name
+    # the heading further down a cell, after other prose (as notebook 08 had it), and exercises in a later cell
+    cell = lambda kind, text: {'cell_type': kind, 'id': None, 'metadata': {}, 'source': [text], 'outputs': []}
+    nb = {'metadata': {}, 'cells': [cell('markdown', 'badges'), cell('code', 'setup'), cell('markdown', '# 99 · Title\n\nWhy.'),
+          cell('code', 'x = 1'), cell('markdown', '## 3. Put it to work\n\nProse.\n\n## Questionnaire\n\n1. Why?\n2. How?'),
+          cell('markdown', '### Further research\n\n1. Try it.')]}
+    clean = json.loads(nbsync.clean_copy(nb, '99_x.ipynb'))
+    assert numbered(clean) == ['1. Why?', '2. How?', '1. Try it.']
+    assert 'Prose.' not in json.dumps(clean) and '## 3. Put it to work' in json.dumps(clean)
+
+
 def test_hosted_install_keeps_the_platforms_torch():
     "Hosted notebooks install requirements.txt minus torch/torchvision/kernel packages; torch is never pinned by hand."
     want = {n: v for n, v in hosted_setup.pins().items() if n not in hosted_setup.SKIP}

@@ -47,6 +47,7 @@ KAGGLE = {'accelerator': 'gpu', 'isGpuEnabled': True, 'isInternetEnabled': True,
           'sourceType': 'notebook'}
 KEPT = ('tags', 'source_hash')  # the cell metadata kept: test tags, and which source made the outputs
 HASH_LEN = 16
+QUESTIONNAIRE = '## Questionnaire'  # the heading from which a clean copy keeps the prose whole
 
 
 def source_hash(source):
@@ -100,21 +101,26 @@ def canonical(nb, name, strip=False):
 
 def clean_copy(nb, name):
     """The clean copy of notebook `nb` (a dict, as `canonical` writes it): its code cells without outputs; of its
-    markdown, the headings, and the questionnaire whole; badges and setup cell pointing at clean/."""
+    markdown, the headings, and from the questionnaire's heading on (at the start of a cell or further down one, as
+    in notebook 08) everything; badges and setup cell pointing at clean/."""
     cells = [{'cell_type': 'markdown', 'id': 'badge', 'metadata': {}, 'source': lines(
                 badges(name, 'clean') + f'\n\n*A clean copy of [notebooks/{name}](../notebooks/{name}) for practice: its code '
                 'without outputs, its prose cut to the headings and the questionnaire. Before you run a cell, say what it '
                 'will do and why; then check in the full notebook.*')},
              {'cell_type': 'code', 'execution_count': None, 'id': 'setup', 'metadata': {}, 'outputs': [],
               'source': lines(SETUP.replace(f'{CLONE}/notebooks', f'{CLONE}/clean'))}]
+    questions = False  # from the questionnaire's heading on, wherever it stands, the prose is kept whole
     for c in nb['cells'][2:]:
         text = ''.join(c['source'])
         if c['cell_type'] == 'code':
             cells.append({'cell_type': 'code', 'execution_count': None, 'id': c.get('id'), 'outputs': [],
                           'metadata': {k: v for k, v in c.get('metadata', {}).items() if k == 'tags'}, 'source': c['source']})
             continue
-        keep = text if text.startswith('## Questionnaire') else \
-            '\n\n'.join(line for line in text.split('\n') if line.startswith('#'))
+        before, heading, after = text.partition(QUESTIONNAIRE) if not questions else ('', '', text)
+        if heading and before and not before.endswith('\n'): before, heading, after = text, '', ''  # not at a line's start
+        questions = questions or bool(heading)
+        keep = '\n\n'.join([line for line in before.split('\n') if line.startswith('#')] +
+                           ([heading + after] if heading else [after] if after else []))
         if keep: cells.append({'cell_type': 'markdown', 'id': c.get('id'), 'metadata': {}, 'source': lines(keep)})
     meta = {k: v for k, v in nb['metadata'].items() if k != 'kuzushiji'}
     return json.dumps({**nb, 'cells': cells, 'metadata': meta}, indent=1, ensure_ascii=False) + '\n'
