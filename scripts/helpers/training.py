@@ -19,7 +19,7 @@ from .dataloaders import char_augment, kmnist_dls, test_dl
 from .downloads import install_weights
 from .lr import find_lr, smooth
 from .recipes import EraseStrokes, Stretch, StrokeWidth, brush_augment, ensemble_accuracy, get_probs, mixing_callback, score
-from .settings import cpu_has_bf16, device_name, on_gpu, set_seed, use_fp16, versions
+from .settings import cpu_has_bf16, device_name, keep_freed_memory, on_gpu, set_seed, use_fp16, versions
 from .tracking import EpochLines, bars_or_lines, finish_wandb, start_wandb
 
 
@@ -79,10 +79,12 @@ class CPUSpeedups(Callback):
     2 cores); the rest of fastai gets its typed batch back after the forward pass. With `channels_last` the model and
     batch use the memory format of oneDNN's fast CPU convolutions; with `bf16` the forward pass and loss run under
     bfloat16 autocast, as fastai's `to_bf16()` does on a GPU (its autocast is CUDA-only, so it does nothing on a
-    CPU). bfloat16 has float32's range, so no loss scaling; the weights and the optimizer stay float32."""
+    CPU). bfloat16 has float32's range, so no loss scaling; the weights and the optimizer stay float32. On Linux the
+    process also keeps the memory it frees (`settings.keep_freed_memory`), so a step does not fault its pages in anew."""
     order = 10  # where fastai's MixedPrecision sits: before the recorder reads the loss
     def __init__(self, channels_last=True, bf16=False): self.channels_last, self.bf16 = channels_last, bf16
     def before_fit(self):
+        keep_freed_memory()
         if self.channels_last: self.learn.model.to(memory_format=torch.channels_last)
     def before_batch(self):
         self.typed_xb = self.xb
@@ -121,6 +123,7 @@ def cpu_settings(learn, margin=0.9):
     model on one of its batches as float32, as channels_last and, only where `cpu_has_bf16()`, as channels_last +
     bfloat16. One is chosen only if it beats plain float32 by 10% (`margin`), so a machine where it does not pay
     keeps float32. Measured once per model and input shape; the random generators are left as they were."""
+    keep_freed_memory()  # as CPUSpeedups trains: measured with the allocator it will train with
     rng = random.getstate(), np.random.get_state()
     with torch.random.fork_rng():
         xb, yb = learn.dls.valid.one_batch()  # no augmentation, and the training loader's order is left alone
