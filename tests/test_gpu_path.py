@@ -1,0 +1,110 @@
+"""The GPU path, checked on a CPU: what would break the first time a learner trains on a GPU.
+
+No GPU here, so two stand-ins. `OnGPU` is a CPU tensor that refuses NumPy as a CUDA tensor does (`.numpy()` and
+`np.asarray` fail; `.cpu()` gives a plain tensor back): code that sends a GPU's results to NumPy without `.cpu()`
+fails on it. PyTorch's `meta` device holds shapes and no data: a tensor or module there stands for one on another
+device than the CPU, and mixing it with CPU tensors fails as mixing CUDA and CPU tensors does. Clocks and
+`torch.cuda.synchronize` are watched by replacing them."""
+import sys, time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import helpers as h
+from helpers import longtail as lt
+from conftest import ROOT, synthetic_kmnist
+
+sys.path.insert(0, str(ROOT / 'tools'))
+CHARS = list('おきすつなはまやれを')
+META = torch.device('meta')
+
+
+class OnGPU(torch.Tensor):
+    "A CPU tensor that NumPy refuses, as it refuses a CUDA tensor; what it computes is OnGPU too, `.cpu()` is plain."
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in (torch.Tensor.numpy, torch.Tensor.__array__):
+            raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor "
+                            "to host memory first.")
+        out = super().__torch_function__(func, types, args, kwargs)
+        if func is torch.Tensor.cpu:
+            with torch._C.DisableTorchFunctionSubclass(): return out.as_subclass(torch.Tensor)
+        return out
+
+
+def on_gpu(t): return t.as_subclass(OnGPU)
+
+
+def test_the_stand_in_refuses_numpy_as_cuda_does():
+    t = on_gpu(torch.arange(4))
+    for f in (lambda: t.numpy(), lambda: np.asarray(t), lambda: (t + 1).numpy()):
+        with pytest.raises(TypeError, match='cuda'): f()
+    assert t.cpu().numpy().tolist() == [0, 1, 2, 3]
+
+
+@pytest.fixture
+def long_tail():
+    "Features of 6 classes, 20 to 2 images each, that a linear layer can tell apart; their scores and counts."
+    g = torch.Generator().manual_seed(0)
+    y = torch.cat([torch.full((n,), c) for c, n in enumerate((20, 14, 9, 5, 3, 2))])
+    f = torch.randn(len(y), 16, generator=g) + 3 * nn.functional.one_hot(y, 16).float()
+    scores = f[:, :6] + 0.5 * torch.randn(len(y), 6, generator=g)
+    return f, y, scores, np.bincount(y.numpy())
+
+
+# 1. The Kanji long tail: every tensor stays on one device, only NumPy's input comes to the CPU
+
+def test_long_tail_scores_read_a_gpu_s_tensors(long_tail):
+    f, y, scores, counts = long_tail
+    assert lt.long_tail_report(on_gpu(scores), on_gpu(y), counts) == lt.long_tail_report(scores, y, counts)
+    assert lt.long_tail_report(on_gpu(scores), y.numpy(), counts) == lt.long_tail_report(scores, y, counts)
+    for got, want in zip(lt.reject_curve(on_gpu(scores.softmax(1)), on_gpu(y)), lt.reject_curve(scores.softmax(1), y)):
+        np.testing.assert_array_equal(got, want)
+    assert lt.choose_threshold(on_gpu(scores.softmax(1)), on_gpu(y), 0.9) == lt.choose_threshold(scores.softmax(1), y, 0.9)
+    adjusted = lt.adjust(on_gpu(scores), counts, 0.5)
+    assert isinstance(adjusted, OnGPU), 'adjusted logits stay where the logits are'
+    torch.testing.assert_close(adjusted.cpu(), lt.adjust(scores, counts, 0.5))
+
+
+def test_crt_trains_on_a_gpu_s_features_as_on_the_cpu_s(long_tail):
+    f, y, _, _ = long_tail
+    want = lt.retrain_classifier((f, y), (f, y), 6, epochs=1, seed=3)
+    got = lt.retrain_classifier((on_gpu(f), on_gpu(y)), (on_gpu(f), on_gpu(y)), 6, epochs=1, seed=3)
+    torch.testing.assert_close(got.weight.detach().cpu().as_subclass(torch.Tensor), want.weight.detach())
+
+
+def test_crt_trains_where_the_features_are(long_tail, monkeypatch):
+    "The head and its DataLoaders go to the features' device (meta here), not to the CPU."
+    from fastai.learner import Learner
+    f, y, _, _ = long_tail
+    seen = []
+    monkeypatch.setattr(Learner, 'fit_one_cycle', lambda self, *a, **k: seen.append(
+        (torch.device(self.dls.device), next(self.model.parameters()).device)), raising=False)  # no data to train on
+    head = lt.retrain_classifier((f.to(META), y), (f.to(META), y), 6, epochs=1)
+    assert seen == [(META, META)] and head.weight.device == META
+
+
+def test_long_tail_modules_are_made_and_kept_on_the_features_device(long_tail):
+    f, y, _, counts = long_tail
+    ncm = lt.NearestMean(f.to(META), y.to(META), 6)
+    assert ncm.means.device == META and ncm(f.to(META)).shape == (len(y), 6)
+    assert lt.adjust(torch.zeros(3, 6, device=META), counts, 1.0).device == META
+    la = lt.LogitAdjust(counts).to(META)
+    assert la.log_prior.device == META and la(torch.zeros(3, 6, device=META)).device == META  # a buffer: it moves
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 6)).to(META)
+    for method, train in (('logit-adjust', None), ('ncm', (f.to(META), y.to(META)))):
+        m = h.with_method(model, method, counts, train=train, tau=0.5)
+        assert {b.device for b in m.buffers()} | {p.device for p in m.parameters()} == {META}, method
+        assert m(torch.zeros(2, 4, device=META)).shape == (2, 6), method
+
+
+def test_features_are_taken_where_the_model_is():
+    "A model on another device than the loader's batches (a GPU's, or a CPU copy) reads them there."
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 6)).to(META)
+    batches = [(torch.zeros(5, 4), torch.zeros(5, dtype=torch.long)) for _ in range(2)]
+    feats, ys = lt.features(model, batches)
+    assert feats.shape == (10, 16) and feats.device == META and ys.device == META
+
+
