@@ -108,3 +108,64 @@ def test_features_are_taken_where_the_model_is():
     assert feats.shape == (10, 16) and feats.device == META and ys.device == META
 
 
+# 2. KMNIST on ImageNet weights trains every layer; calligraphy keeps its freeze-then-unfreeze
+
+@pytest.fixture
+def tiny_dls():
+    (x, y), _ = synthetic_kmnist(96, 10)
+    return h.kmnist_dls((x, y), CHARS, bs=16, device='cpu')
+
+
+def as_if_imagenet(monkeypatch):
+    "make_learner as it is with ImageNet weights (vision_learner freezes the body), from random weights: no download."
+    real = h.training.make_learner
+    def frozen(dls, arch='resnet34', pretrained=True, **kwargs):
+        learn = real(dls, arch, pretrained=False, **kwargs)
+        if pretrained: learn.freeze(); learn.weights = 'imagenet'
+        return learn
+    monkeypatch.setattr(h.training, 'make_learner', frozen)
+
+
+def trains_everything(learn):
+    return h.trainable_share(learn) == 1.0 and learn.opt.frozen_idx == 0
+
+
+def test_the_gpu_presets_unfreeze_and_calligraphy_does_not():
+    assert h.PRESETS['article']['unfreeze'] and h.PRESETS['best']['unfreeze']
+    assert not any(p.get('unfreeze') for p in h.CALLIGRAPHY_PRESETS.values())
+
+
+@pytest.mark.parametrize('preset', ['article', 'best'])
+def test_kmnist_on_imagenet_weights_trains_every_layer(monkeypatch, tiny_dls, preset):
+    as_if_imagenet(monkeypatch)
+    cfg = h.make_config('kmnist', preset, wandb='off', arch='resnet18', speedups=False)
+    learn = h.learner_for(cfg, tiny_dls)
+    assert learn.weights == 'imagenet' and trains_everything(learn)
+    frozen = h.learner_for({**cfg, 'unfreeze': False}, tiny_dls)
+    assert h.trainable_share(frozen) < 0.1, 'the stand-in must freeze as vision_learner does, or this proves nothing'
+
+
+def test_the_helper_unfreezes_imagenet_weights_only(monkeypatch, tiny_dls):
+    as_if_imagenet(monkeypatch)
+    learn = h.training.make_learner(tiny_dls, 'resnet18', pretrained=True)
+    assert h.unfreeze_pretrained(learn) is learn and trains_everything(learn)
+    fresh = h.training.make_learner(tiny_dls, 'resnet18', pretrained=False)
+    h.unfreeze_pretrained(fresh)
+    assert fresh.opt is None and h.trainable_share(fresh) == 1.0  # random weights: nothing was frozen, nothing done
+
+
+def test_calligraphy_keeps_its_freeze_then_unfreeze(monkeypatch, tiny_dls):
+    as_if_imagenet(monkeypatch)
+    cfg = h.make_config('calligraphy', 'article', wandb='off', arch='resnet18', speedups=False)
+    assert h.trainable_share(h.learner_for(cfg, tiny_dls, n_in=1)) < 0.1  # progressive_resizing unfreezes it later
+
+
+def test_a_run_records_that_every_layer_trained(monkeypatch, tmp_path):
+    from conftest import write_kmnist
+    as_if_imagenet(monkeypatch)
+    write_kmnist(tmp_path / 'kmnist', n_train=120, n_test=20)
+    cfg = h.make_config('kmnist', 'article', wandb='off', arch='resnet18', bs=16, epochs=1, lr=1e-3, speedups=False)
+    res, learn = h.run_training(cfg, tmp_path / 'kmnist', log=lambda *a: None, test=False)
+    assert res['weights'] == 'imagenet' and res['trainable'] == 1.0
+
+

@@ -44,7 +44,8 @@ from .presets import CALLIGRAPHY_PRESETS, KANJI_PRESETS, PRESETS, auto_preset, m
 from .recipes import (ElasticWarp, EraseStrokes, Stretch, StrokeWidth, brush_augment, get_probs, hard_cases, mixing_callback,
                       plot_hard_cases, score, scores)
 from .training import (ARCHS, CPUSpeedups, cpu_settings, export, history, kmnist_cnn, kmnist_cnn_deep, kmnist_cnn_wide,
-                       learner_for, load_for, make_learner, pick_lr, plot_batch_size_study, run_training, speed_summary)
+                       learner_for, load_for, make_learner, pick_lr, plot_batch_size_study, run_training, speed_summary,
+                       trainable_share, unfreeze_pretrained)
 from .validation import test_like_split, test_likeness
 from .calligraphy import SeenSizes, calligraphy_dls, calligraphy_folder, limit_per_class, progressive_resizing
 from .kanji import char_of, code_point, kanji_files, kanji_label, load_kanji, split_parts
