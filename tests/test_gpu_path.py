@@ -169,3 +169,76 @@ def test_a_run_records_that_every_layer_trained(monkeypatch, tmp_path):
     assert res['weights'] == 'imagenet' and res['trainable'] == 1.0
 
 
+# 3. training_speed: the model on the batches' device, the clock around finished work, the warm-up as timed
+
+def test_training_speed_moves_the_model_to_the_batches(tiny_dls):
+    "A fresh learner's model is on the CPU, its batches on the GPU: the model goes where the loader puts batches."
+    learn, sent = h.make_learner(tiny_dls, 'kmnist_cnn'), []
+    to = learn.model.to
+    learn.model.to = lambda *a, **k: sent.append(torch.device(*a)) or to(*a, **k)
+    assert h.training_speed(learn, n_batches=2) > 0
+    assert sent == [torch.device(tiny_dls.device)]
+
+
+def test_training_speed_synchronizes_before_each_clock_reading(monkeypatch, tiny_dls):
+    events = []
+    monkeypatch.setattr(h.dataloaders, 'synchronize', lambda device: events.append('sync'))
+    monkeypatch.setattr(h.dataloaders, 'time', type('Clock', (), {'perf_counter': staticmethod(
+        lambda: events.append('clock') or time.perf_counter())}))
+    h.training_speed(h.make_learner(tiny_dls, 'kmnist_cnn'), n_batches=2)
+    assert events == ['sync', 'clock', 'sync', 'clock']
+
+
+def test_training_speed_warms_up_as_it_times(monkeypatch, tiny_dls):
+    "Every forward pass, the warm-up's too, runs under the autocast the timed steps use."
+    inside, seen = [], []
+    class Autocast:
+        def __init__(self, *a, **k): pass
+        def __enter__(self): inside.append(1)
+        def __exit__(self, *a): inside.pop()
+    monkeypatch.setattr(torch, 'autocast', Autocast)
+    learn = h.make_learner(tiny_dls, 'kmnist_cnn')
+    learn.model.register_forward_hook(lambda m, i, o: seen.append(bool(inside)))
+    h.training_speed(learn, n_batches=2)
+    assert seen == [True] * 3
+
+
+def test_synchronize_waits_for_a_gpu_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, 'synchronize', lambda device=None: calls.append(('cuda', device)))
+    monkeypatch.setattr(torch.mps, 'synchronize', lambda: calls.append(('mps', None)))
+    h.synchronize('cpu'); h.synchronize(torch.device('cpu'))
+    assert calls == []
+    h.synchronize(torch.device('cuda', 0)); h.synchronize('mps')
+    assert calls == [('cuda', torch.device('cuda', 0)), ('mps', None)]
+
+
+# 4. profile_epoch: on a GPU each clock reading waits for the work queued before it; on a CPU nothing changes
+
+def test_profile_epoch_waits_for_the_gpu_and_only_there(monkeypatch, tiny_dls):
+    import profile_epoch
+    calls = []
+    monkeypatch.setattr(h, 'synchronize', lambda device: calls.append(device))
+    assert profile_epoch.waiter('cpu') is None and profile_epoch.waiter(torch.device('cpu')) is None
+    profile_epoch.waiter(torch.device('cuda', 0))()
+    assert calls == [torch.device('cuda', 0)]
+    from fastai.vision.all import Learner
+    assert profile_epoch.EpochProfiler(Learner(tiny_dls, h.kmnist_cnn())).sync is None  # the CPU: as before
+
+
+def test_profile_epoch_puts_the_gpu_s_queued_work_in_its_row(tiny_dls):
+    """A stand-in GPU whose queued work takes 5 ms to finish at every wait: the forward pass's row must hold it. Without
+    waiting, a GPU's forward and backward read about 0 s."""
+    import profile_epoch
+    from fastai.vision.all import Learner
+    waits = []
+    def gpu_finishes(): waits.append(1); time.sleep(0.005)
+    learn = Learner(tiny_dls, h.kmnist_cnn())
+    prof = profile_epoch.EpochProfiler(learn, sync=gpu_finishes)
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
+    learn._call_one = prof.call_one
+    n_batches = len(tiny_dls.train)
+    assert prof.times['train', 'forward'] >= n_batches * 0.005 and prof.times['train', 'backward'] >= n_batches * 0.005
+    assert len(waits) > 4 * n_batches
+
+

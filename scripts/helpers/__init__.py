@@ -27,7 +27,7 @@
 Notebooks and scripts write `import helpers` and `helpers.<name>`: this file only hands the public names on,
 so `helpers.kmnist_dls` is `helpers.dataloaders.kmnist_dls`."""
 from .settings import (DATA_DIR, OUT_DIR, QUICK, REPO_URL, ROOT, cpu_flags, cpu_has_bf16, device_name, on_gpu, set_seed,
-                       use_fp16, versions, write_json)
+                       synchronize, use_fp16, versions, write_json)
 from .catalogue import (CALLIGRAPHY_CLASSES, CALLIGRAPHY_COMMIT, CALLIGRAPHY_NAMES, CALLIGRAPHY_REPO, CALLIGRAPHY_URL,
                         CALLIGRAPHY_ZIP, DESCRIPTIONS, FILES, FORMATS, HOSTS, KNOWN_MIRRORS, MIRROR_ENV, OFFICIAL_URL,
                         ROMAJI, dataset_files, list_files)
