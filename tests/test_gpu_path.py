@@ -242,3 +242,48 @@ def test_profile_epoch_puts_the_gpu_s_queued_work_in_its_row(tiny_dls):
     assert len(waits) > 4 * n_batches
 
 
+# 5. Inference and the page's export, handed a learner whose model is on a GPU
+
+@pytest.fixture
+def trained(tiny_dls):
+    from fastai.vision.all import Learner
+    learn = Learner(tiny_dls, h.kmnist_cnn())
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
+    return learn
+
+
+class ToGPU(nn.Module):
+    def forward(self, x): return on_gpu(x)
+
+
+def test_inference_reads_a_model_on_a_gpu(trained):
+    x = synthetic_kmnist(20, 8)[1][0]
+    want = h.probabilities(trained, list(x))
+    trained.model = nn.Sequential(trained.model, ToGPU())  # its answers are on the GPU now
+    got = h.probabilities(trained, list(x))
+    assert isinstance(got, np.ndarray) and np.allclose(got, want)
+    def same(a, b):  # one image or a batch of them: the probabilities may differ in their last bits
+        return [p['label'] for p in a] == [p['label'] for p in b] and \
+            np.allclose([p['probability'] for p in a], [p['probability'] for p in b], atol=1e-5)
+    assert same(h.predict(trained, x[0])[0], h.top_k(trained, want[0]))
+    assert all(same(r['predictions'], h.top_k(trained, p)) for r, p in zip(h.predict_files(trained, x[:2]), want))
+
+
+def test_the_page_export_copies_a_gpu_model_to_the_cpu_and_leaves_the_learner_alone(trained, tmp_path, monkeypatch):
+    "A learner whose model is on a GPU: the exporter gets a CPU copy, the learner keeps its own model where it was."
+    from helpers import web
+    monkeypatch.setattr(web, 'model_device', lambda learn: torch.device('cuda', 0))  # as after a GPU fit
+    exported, real = [], torch.onnx.export
+    def spy(model, args, **kwargs):
+        exported.append((model, {p.device.type for p in model.parameters()} | {a.device.type for a in args}))
+        return real(model, args, **kwargs)
+    monkeypatch.setattr(torch.onnx, 'export', spy)
+    before = trained.model
+    web.export_onnx(trained, tmp_path / 'model.onnx')
+    (wrapper, devices), = exported
+    assert wrapper.model is not before and devices == {'cpu'}
+    assert trained.model is before and next(before.parameters()).device.type == 'cpu'
+    x = synthetic_kmnist(20, 8)[1][0]
+    assert web.check_onnx(trained, tmp_path / 'model.onnx', x)['images'] == 8
+    page = web.PageModel(nn.Linear(4, 3).to(META), 255., [0.5], [0.25])
+    assert page.mean.device == META and page.std.device == META  # the page's normalisation is made where the model is
