@@ -5,7 +5,7 @@ No GPU here, so two stand-ins. `OnGPU` is a CPU tensor that refuses NumPy as a C
 fails on it. PyTorch's `meta` device holds shapes and no data: a tensor or module there stands for one on another
 device than the CPU, and mixing it with CPU tensors fails as mixing CUDA and CPU tensors does. Clocks and
 `torch.cuda.synchronize` are watched by replacing them."""
-import sys, time
+import time
 
 import numpy as np
 import pytest
@@ -14,9 +14,8 @@ from torch import nn
 
 import helpers as h
 from helpers import longtail as lt
-from conftest import ROOT, synthetic_kmnist
+from conftest import synthetic_kmnist
 
-sys.path.insert(0, str(ROOT / 'tools'))
 CHARS = list('おきすつなはまやれを')
 META = torch.device('meta')
 
