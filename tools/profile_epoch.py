@@ -40,6 +40,7 @@ class TimedPipeline:
     def __init__(self, pipe, times, phase, sync=None): self.pipe, self.times, self.phase, self.sync = pipe, times, phase, sync
     def __call__(self, b):
         for f in self.pipe.fs:
+            if self.sync: self.sync()  # what the batch's making queued is not this transform's
             t = time.perf_counter()
             b = f(b, split_idx=self.pipe.split_idx)
             if self.sync: self.sync()
