@@ -131,7 +131,16 @@ def trains_everything(learn):
 
 def test_the_gpu_presets_unfreeze_and_calligraphy_does_not():
     assert h.PRESETS['article']['unfreeze'] and h.PRESETS['best']['unfreeze']
-    assert not any(p.get('unfreeze') for p in h.CALLIGRAPHY_PRESETS.values())
+    assert all(h.make_config('kmnist', p, arch='resnet34', pretrained=True)['unfreeze'] for p in h.PRESETS)  # any KMNIST
+    assert not any(h.make_config('calligraphy', p)['unfreeze'] for p in h.CALLIGRAPHY_PRESETS)
+
+
+def test_a_cpu_preset_on_imagenet_weights_trains_every_layer_too(monkeypatch, tiny_dls):
+    "`train.py --preset cpu --arch resnet34 --pretrained`: ImageNet weights, so every layer trains."
+    as_if_imagenet(monkeypatch)
+    learn = h.learner_for(h.make_config('kmnist', 'cpu', wandb='off', arch='resnet18', pretrained=True, speedups=False),
+                          tiny_dls)
+    assert learn.weights == 'imagenet' and trains_everything(learn)
 
 
 @pytest.mark.parametrize('preset', ['article', 'best'])

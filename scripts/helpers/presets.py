@@ -9,7 +9,8 @@ from .settings import on_gpu
 PRESETS = {
     # The article: ResNet34, batch size 128, 10 epochs, one-cycle; mixed precision on a GPU. `unfreeze`: fastai's
     # `vision_learner` freezes an ImageNet body for fine-tuning; KMNIST trains every layer, as the CPU path does
-    # (`training.unfreeze_pretrained`).
+    # (`training.unfreeze_pretrained`; `make_config` sets it for any KMNIST config, so `--arch resnet34 --pretrained`
+    # on another preset unfreezes too; calligraphy's recipe freezes, then unfreezes, itself).
     'article': dict(arch='resnet34', bs=128, epochs=10, lr='auto', size=None, pretrained=True, fp16=True, n_train=None,
                     label_smoothing=False, max_warp=0.1, unfreeze=True),
     # A laptop without a GPU: a small fastai-built CNN, sized for notebook 04 within 5 minutes on 2 cores, the rate
@@ -90,7 +91,7 @@ def make_config(dataset='kmnist', preset='article', quick=False, **overrides):
     presets = {'calligraphy': CALLIGRAPHY_PRESETS, 'kkanji': KANJI_PRESETS}.get(dataset, PRESETS)
     if preset not in presets: raise ValueError(f"preset must be one of {', '.join(presets)}, not {preset!r}")
     cfg = dict(dataset=dataset, preset=preset, seed=42, valid_pct=0.2 if dataset == 'calligraphy' else 0.1,
-               wandb='offline', n_test=None)
+               wandb='offline', n_test=None, unfreeze=dataset in ('kmnist', 'k49'))  # any ImageNet body trains (presets)
     cfg.update(presets[preset])
     if quick and dataset not in ('calligraphy', 'kkanji'):
         cfg.update(QUICK_FORM, lr=1e-2 if cfg['lr'] == 'auto' else cfg['lr'])
