@@ -61,8 +61,9 @@ def label(change): return ' '.join(f'{n}={v!r}' for n, v in change.items()) or '
 
 
 # Settings that presets gained after some results files were written, and the value at which a run is the same as
-# one made before: a run with `stretch=0.` reuses a run from a file that had no `stretch` at all.
-LATER = {'stretch': 0., 'wd': None, 'opt': None}
+# one made before: a run with `stretch=0.` reuses a run from a file that had no `stretch` at all. `unfreeze=True`
+# changes only ImageNet weights (`training.unfreeze_pretrained`), which no earlier KMNIST run here started from.
+LATER = {'stretch': 0., 'wd': None, 'opt': None, 'unfreeze': True}
 
 
 def key(cfg):

@@ -10,7 +10,9 @@ included) and validation.
 How: every callback call is timed (the learner's `_call_one` is wrapped), and so is every `after_batch` transform
 of the loaders; the learner's own work is the time between two events (`before_batch` to `after_pred` is the
 forward pass, and so on). The W&B process runs beside this one, so its cost shows in the total, not in a row:
-compare `--wandb offline` with `--wandb off`."""
+compare `--wandb offline` with `--wandb off`. On a GPU, which works asynchronously, every clock reading waits for
+the work queued before it (`helpers.synchronize`), so each row holds the GPU work it started; on a CPU nothing
+waits, and the numbers are as before."""
 import argparse, os, sys, time
 from pathlib import Path
 from collections import defaultdict
@@ -27,28 +29,39 @@ STEPS = {('before_batch', 'after_pred'): 'forward', ('after_pred', 'after_loss')
          ('after_step', 'after_batch'): 'zero_grad', ('after_loss', 'after_batch'): 'end of batch'}
 
 
+def waiter(device):
+    "What makes a clock reading wait for a GPU's queued work (`helpers.synchronize`), or None on a CPU: no cost there."
+    device = torch.device(device or 'cpu')
+    return None if device.type == 'cpu' else lambda: h.synchronize(device)
+
+
 class TimedPipeline:
-    "A loader's `after_batch` Pipeline that times each of its transforms."
-    def __init__(self, pipe, times, phase): self.pipe, self.times, self.phase = pipe, times, phase
+    "A loader's `after_batch` Pipeline that times each of its transforms (`sync`: see `waiter`)."
+    def __init__(self, pipe, times, phase, sync=None): self.pipe, self.times, self.phase, self.sync = pipe, times, phase, sync
     def __call__(self, b):
         for f in self.pipe.fs:
+            if self.sync: self.sync()  # what the batch's making queued is not this transform's
             t = time.perf_counter()
             b = f(b, split_idx=self.pipe.split_idx)
+            if self.sync: self.sync()
             self.times[self.phase, f'  transform {type(f).__name__}'] += time.perf_counter() - t
         return b
     def __getattr__(self, k): return getattr(self.pipe, k)
 
 
 class EpochProfiler:
-    "Times every event dispatch of `learn` and the gaps between them; see the module's docstring."
-    def __init__(self, learn):
+    """Times every event dispatch of `learn` and the gaps between them; see the module's docstring. `sync`: called
+    before each clock reading (default: `waiter` for the loaders' device)."""
+    def __init__(self, learn, sync='auto'):
         self.learn, self.times, self.last = learn, defaultdict(float), None
+        self.sync = waiter(learn.dls.device) if sync == 'auto' else sync
         self.call_one = learn._call_one
         learn._call_one = self._call_one
         for phase, dl in (('train', learn.dls.train), ('valid', learn.dls.valid)):
-            dl.after_batch = TimedPipeline(dl.after_batch, self.times, phase)
+            dl.after_batch = TimedPipeline(dl.after_batch, self.times, phase, self.sync)
 
     def _call_one(self, event):
+        if self.sync: self.sync()  # the GPU work queued since the last event belongs to the gap before this one
         t0 = time.perf_counter()
         phase = 'train' if self.learn.training else 'valid'
         if self.last is not None:
@@ -61,6 +74,7 @@ class EpochProfiler:
         for cb in self.learn.cbs.sorted('order'):
             t = time.perf_counter()
             cb(event)
+            if self.sync: self.sync()
             self.times[phase, f'callback {type(cb).__name__}'] += time.perf_counter() - t
         self.last = (event, time.perf_counter())
 
@@ -106,9 +120,11 @@ def main(argv=None):
     learn.fit_one_cycle(1, 1e-3, cbs=ShortEpochCallback(0.02, short_valid=False))  # warm up: first calls are slow
     prof = EpochProfiler(learn)
     load = open('/proc/loadavg').read().split()[:3] if os.path.exists('/proc/loadavg') else '?'
+    if prof.sync: prof.sync()
     t0 = time.perf_counter()
     lr = 1e-2 if cfg['lr'] == 'auto' else float(cfg['lr'])  # the time of a step does not depend on the rate
     learn.fit_one_cycle(1, lr, cbs=ShortEpochCallback(a.pct, short_valid=False) if a.pct < 1 else None)
+    if prof.sync: prof.sync()
     total = time.perf_counter() - t0
     learn._call_one = prof.call_one
     h.finish_wandb(learn)

@@ -27,7 +27,7 @@
 Notebooks and scripts write `import helpers` and `helpers.<name>`: this file only hands the public names on,
 so `helpers.kmnist_dls` is `helpers.dataloaders.kmnist_dls`."""
 from .settings import (DATA_DIR, OUT_DIR, QUICK, REPO_URL, ROOT, cpu_flags, cpu_has_bf16, device_name, on_gpu, set_seed,
-                       use_fp16, versions, write_json)
+                       synchronize, use_fp16, versions, write_json)
 from .catalogue import (CALLIGRAPHY_CLASSES, CALLIGRAPHY_COMMIT, CALLIGRAPHY_NAMES, CALLIGRAPHY_REPO, CALLIGRAPHY_URL,
                         CALLIGRAPHY_ZIP, DESCRIPTIONS, FILES, FORMATS, HOSTS, KNOWN_MIRRORS, MIRROR_ENV, OFFICIAL_URL,
                         ROMAJI, dataset_files, list_files)
@@ -44,7 +44,8 @@ from .presets import CALLIGRAPHY_PRESETS, KANJI_PRESETS, PRESETS, auto_preset, m
 from .recipes import (ElasticWarp, EraseStrokes, Stretch, StrokeWidth, brush_augment, get_probs, hard_cases, mixing_callback,
                       plot_hard_cases, score, scores)
 from .training import (ARCHS, CPUSpeedups, cpu_settings, export, history, kmnist_cnn, kmnist_cnn_deep, kmnist_cnn_wide,
-                       learner_for, load_for, make_learner, pick_lr, plot_batch_size_study, run_training, speed_summary)
+                       learner_for, load_for, make_learner, pick_lr, plot_batch_size_study, run_training, speed_summary,
+                       trainable_share, unfreeze_pretrained)
 from .validation import test_like_split, test_likeness
 from .calligraphy import SeenSizes, calligraphy_dls, calligraphy_folder, limit_per_class, progressive_resizing
 from .kanji import char_of, code_point, kanji_files, kanji_label, load_kanji, split_parts

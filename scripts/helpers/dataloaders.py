@@ -18,7 +18,7 @@ from fastai.vision.all import (Category, CategoryBlock, CategoryMap, CrossEntrop
 from PIL import Image
 
 from .arrays import split_indices
-from .settings import on_gpu, use_fp16
+from .settings import synchronize, use_fp16
 
 
 def item_image(o): return o[0]
@@ -182,17 +182,23 @@ def benchmark_loader(dl, n_batches=50, warmup=2):
 
 
 def training_speed(learn, n_batches=5):
-    "Training images per second of `learn` on its own DataLoader (forward, backward, step), a few batches."
-    model, opt = learn.model.train(), torch.optim.SGD(learn.model.parameters(), lr=1e-4)
+    """Training images per second of `learn` on its own DataLoader (forward, backward, step), a few batches. The model
+    goes to the loader's device first, as fastai's `fit` puts it there (a fresh learner's model is still on the CPU);
+    the warm-up runs as the timed steps do (mixed precision on an NVIDIA GPU), and a GPU finishes its queued work
+    before the clock starts and before it stops (`synchronize`), so the time is the work's, not its queueing."""
+    device = torch.device(learn.dls.device or 'cpu')
+    model, opt = learn.model.to(device).train(), torch.optim.SGD(learn.model.parameters(), lr=1e-4)
     it, seen = iter(learn.dls.train), 0
+    amp = lambda: torch.autocast('cuda', dtype=torch.float16, enabled=use_fp16() and device.type == 'cuda')  # as to_fp16()
     xb, yb = next(it)
-    learn.loss_func(model(xb), yb).backward()  # warm up
-    amp = torch.autocast('cuda', dtype=torch.float16, enabled=use_fp16())  # as to_fp16() trains on a GPU
+    with amp(): loss = learn.loss_func(model(xb), yb)
+    loss.backward()  # warm up
+    synchronize(device)
     t0 = time.perf_counter()
     for _ in range(n_batches):
         xb, yb = next(it)
-        with amp: loss = learn.loss_func(model(xb), yb)
+        with amp(): loss = learn.loss_func(model(xb), yb)
         loss.backward(); opt.step(); opt.zero_grad()
         seen += len(xb)
-    if on_gpu(): torch.cuda.synchronize()
+    synchronize(device)
     return seen / (time.perf_counter() - t0)

@@ -192,12 +192,18 @@ def label_text(label):
     return kanji_text(label) if len(label) == 1 else label
 
 
+def model_device(learn):
+    "Where the learner's model is: a learner trained on a GPU in the same notebook keeps it there."
+    return next(learn.model.parameters()).device
+
+
 def probabilities(learn, inputs):
     """Class probabilities (N, classes) for already prepared inputs, through the learner's own validation
-    transforms (`test_dl`) and model; no gradients, no callbacks, no progress bar."""
-    dl = learn.dls.test_dl(list(inputs), bs=max(1, len(inputs)))
+    transforms (`test_dl`) and model, wherever the model is (the answer comes back to the CPU, as NumPy); no
+    gradients, no callbacks, no progress bar."""
+    dl, device = learn.dls.test_dl(list(inputs), bs=max(1, len(inputs))), model_device(learn)
     with torch.inference_mode():
-        return torch.cat([learn.model(b[0]).softmax(-1) for b in dl]).numpy()
+        return torch.cat([learn.model(b[0].to(device)).softmax(-1).cpu() for b in dl]).numpy()
 
 
 def top_k(learn, probs, k=3):

@@ -59,13 +59,15 @@ def with_method(model, method, counts, train=None, valid=None, tau=1.0, epochs=8
     """`model` (an `nn.Sequential` whose last layer is its classifier) with a long-tail method built in, so that an
     exported model carries it: 'logit-adjust' appends `LogitAdjust(counts, tau)`; 'crt' replaces the last layer with
     one retrained on class-balanced batches of the frozen features `train` (validated on `valid`); 'ncm' replaces it
-    with `NearestMean` of `train`; 'none' changes nothing. `train`, `valid`: (features, targets)."""
+    with `NearestMean` of `train`; 'none' changes nothing. `train`, `valid`: (features, targets). What is added is
+    put on the model's device (a GPU's model stays there; features made on it, `lt.features`, are there too)."""
     if method == 'none': return model
-    if method == 'logit-adjust': return nn.Sequential(model, lt.LogitAdjust(counts, tau))
+    device = next(model.parameters()).device
+    if method == 'logit-adjust': return nn.Sequential(model, lt.LogitAdjust(counts, tau).to(device))
     if method not in METHODS: raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     head = (lt.retrain_classifier(train, valid, len(counts), epochs=epochs, seed=seed) if method == 'crt' else
             lt.NearestMean(*train, len(counts), scale))
-    return nn.Sequential(*model[:-1], head)
+    return nn.Sequential(*model[:-1], head.to(device))
 
 
 def classifier(model):

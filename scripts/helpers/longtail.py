@@ -12,6 +12,9 @@ carries it:
                  `weighted_dataloaders` (cRT, Kang et al.)
     NearestMean  cosine similarity to each class's mean feature (nearest class mean): a class with a single
                  training image gets a classifier too
+Every function works where its tensors are (a GPU after a GPU fit keeps its speed): results are computed on the
+scores' or features' device, only what goes to NumPy is copied to the CPU, and the modules' tensors are buffers, so
+they move with the model.
 Uses: no other helpers module."""
 from __future__ import annotations
 
@@ -35,14 +38,18 @@ def bucket_of(counts):
 def as_tensor(a): return a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
 
 
+def host(t): return t.detach().cpu().numpy()  # NumPy reads only the CPU's memory: a GPU's tensor is copied first
+
+
 def long_tail_report(scores, targets, counts, k=5):
     """How a model does on the long tail. `scores`: (N, classes) logits or probabilities, `targets`: (N,) true
     classes, `counts`: training images per class. Returns top-1, top-k, balanced accuracy (the mean of the per-class
     top-1 over the classes present) and, per bucket, top-1 with its number of classes and images."""
-    scores, targets = as_tensor(scores).float(), as_tensor(targets).long()
-    right = (scores.argmax(1) == targets).numpy()
-    topk = (scores.topk(min(k, scores.shape[1]), 1).indices == targets[:, None]).any(1).numpy()
-    t = targets.numpy()
+    scores = as_tensor(scores).float()
+    targets = as_tensor(targets).long().to(scores.device)
+    right = host(scores.argmax(1) == targets)
+    topk = host((scores.topk(min(k, scores.shape[1]), 1).indices == targets[:, None]).any(1))
+    t = host(targets)
     classes = np.unique(t)
     per_class = np.bincount(t, right, minlength=len(counts))[classes] / np.bincount(t, minlength=len(counts))[classes]
     where = bucket_of(counts)[t]
@@ -76,25 +83,27 @@ class LogitAdjust(nn.Module):
         super().__init__()
         self.tau = float(tau)
         self.register_buffer('log_prior', log_prior(counts))
-    def forward(self, x): return x - self.tau * self.log_prior.to(x.dtype)
+    def forward(self, x): return x - self.tau * self.log_prior.to(x.device, x.dtype)  # (a no-op where it already is)
     def extra_repr(self): return f'tau={self.tau}'
 
 
 def adjust(logits, counts, tau):
-    "Logits adjusted by `tau` (see `LogitAdjust`), without building a module."
-    return as_tensor(logits).float() - tau * log_prior(counts)
+    "Logits adjusted by `tau` (see `LogitAdjust`), without building a module, on the logits' device."
+    logits = as_tensor(logits).float()
+    return logits - tau * log_prior(counts).to(logits.device)
 
 
 def features(model, dl):
     """The inputs of `model`'s last layer (its features) for every batch of `dl`, and the targets, with no gradient:
-    what the classifier sees."""
+    what the classifier sees. Both stay on the model's device (each batch is taken there)."""
     feats, ys = [], []
     hook = model[-1].register_forward_hook(lambda m, i, o: feats.append(i[0].detach().float()))
     model.eval()
+    device = next(model.parameters()).device
     try:
         with torch.inference_mode():
             for xb, yb in dl:
-                model(xb.as_subclass(torch.Tensor)); ys.append(yb.as_subclass(torch.Tensor))
+                model(xb.as_subclass(torch.Tensor).to(device)); ys.append(yb.as_subclass(torch.Tensor).to(device))
     finally: hook.remove()
     return torch.cat(feats), torch.cat(ys)
 
@@ -105,7 +114,9 @@ class NearestMean(nn.Module):
     classes too small for a test split; `scale` sets how sharp the probabilities are (chosen on validation)."""
     def __init__(self, feats, labels, n_classes, scale=16.):
         super().__init__()
-        sums = torch.zeros(n_classes, feats.shape[1]).index_add_(0, as_tensor(labels).long(), F.normalize(feats.float(), dim=1))
+        feats = feats.float()  # the means are made on the features' device, and move with the module
+        sums = feats.new_zeros(n_classes, feats.shape[1]).index_add_(0, as_tensor(labels).long().to(feats.device),
+                                                                     F.normalize(feats, dim=1))
         self.register_buffer('means', F.normalize(sums, dim=1))
         self.scale = float(scale)
     def forward(self, x): return self.scale * F.normalize(x.float(), dim=1) @ self.means.T
@@ -127,19 +138,22 @@ class BalancedRows(WeightedDL, FeatureRows):
 def retrain_classifier(train, valid, n_classes, epochs=8, lr=1e-2, bs=512, seed=42):
     """cRT (Kang et al. 2020): a new last layer trained on the frozen network's features, with class-balanced batches:
     fastai's `WeightedDL`, each image weighted by 1 / its class's size, so every class is drawn about equally often.
-    `train`, `valid`: (features, targets). Returns the new `nn.Linear`."""
+    `train`, `valid`: (features, targets). Trained where the training features are (a GPU's stay there); returns the
+    new `nn.Linear`, on that device."""
     from fastai.data.core import DataLoaders
     from fastai.learner import Learner
     from fastai.losses import CrossEntropyLossFlat
     from fastai.metrics import accuracy
     from fastai.torch_core import set_seed
-    (ft, yt), (fv, yv) = [(f.float(), as_tensor(y).long()) for f, y in (train, valid)]
-    counts = np.bincount(yt.numpy(), minlength=n_classes)
+    device = train[0].device
+    labels = host(as_tensor(train[1]).long())  # on the CPU: fastai's WeightedDL draws with NumPy
+    (ft, yt), (fv, yv) = [(f.float().to(device), as_tensor(y).long().to(device)) for f, y in (train, valid)]
+    counts = np.bincount(labels, minlength=n_classes)
     set_seed(seed)
     bs = min(bs, max(8, len(yt) // 8))
-    dls = DataLoaders(BalancedRows((ft, yt), bs=bs, wgts=1 / counts[yt.numpy()], shuffle=True, n=len(yt)),
-                      FeatureRows((fv, yv), bs=4 * bs, n=len(yv)), device='cpu')
-    head = nn.Linear(ft.shape[1], n_classes)  # (batches of at most an eighth of the images: tiny sets get some steps)
+    dls = DataLoaders(BalancedRows((ft, yt), bs=bs, wgts=1 / counts[labels], shuffle=True, n=len(yt)),
+                      FeatureRows((fv, yv), bs=4 * bs, n=len(yv)), device=device)
+    head = nn.Linear(ft.shape[1], n_classes, device=device)  # (batches of at most an eighth of the images: tiny sets get some steps)
     learn = Learner(dls, head, loss_func=CrossEntropyLossFlat(), metrics=accuracy)
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
     return head.eval()
@@ -148,12 +162,13 @@ def retrain_classifier(train, valid, n_classes, epochs=8, lr=1e-2, bs=512, seed=
 def reject_curve(probs, targets):
     """Accuracy against coverage for a reject option: sort the answers by confidence (the top probability), and for
     each share answered (the most confident first), the accuracy on those. Returns (thresholds, coverage, accuracy)."""
-    probs, targets = as_tensor(probs).float(), as_tensor(targets).long()
+    probs = as_tensor(probs).float()
+    targets = as_tensor(targets).long().to(probs.device)
     conf, pred = probs.max(1)
     order = conf.argsort(descending=True)
-    right = (pred == targets)[order].float().numpy()
+    right = host((pred == targets)[order].float())
     n = np.arange(1, len(right) + 1)
-    return conf[order].numpy(), n / len(right), np.cumsum(right) / n
+    return host(conf[order]), n / len(right), np.cumsum(right) / n
 
 
 def choose_threshold(probs, targets, accuracy=0.95):

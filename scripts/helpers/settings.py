@@ -53,6 +53,14 @@ def on_gpu():
     return default_device().type in ('cuda', 'mps')
 
 
+def synchronize(device):
+    """Wait until a GPU has finished the work queued on it: CUDA (and an Apple GPU) run asynchronously, so a clock
+    read without this times the queueing, not the work. Does nothing on a CPU, so CPU timings are unchanged."""
+    device = torch.device(device)
+    if device.type == 'cuda': torch.cuda.synchronize(device)
+    elif device.type == 'mps': torch.mps.synchronize()
+
+
 def use_fp16():
     "Mixed precision where it pays and is supported: NVIDIA GPUs."
     return torch.cuda.is_available()

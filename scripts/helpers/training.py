@@ -138,12 +138,24 @@ def cpu_settings(learn, margin=0.9):
     return dict(_MEASURED[key])
 
 
+def unfreeze_pretrained(learn):
+    """Every layer trains: `vision_learner` freezes an ImageNet body (head and BatchNorm train) to fine-tune in two phases,
+    as notebook 05 does; KMNIST trains all, as on its CPU path (presets: `unfreeze=True`). Call before `fit_one_cycle`."""
+    if getattr(learn, 'weights', None) == 'imagenet': learn.unfreeze()
+    return learn
+
+
+def trainable_share(learn):
+    "The share of the model's weights that training changes: 1.0 when every layer trains, less with a frozen body."
+    return sum(p.numel() for p in learn.model.parameters() if p.requires_grad) / sum(p.numel() for p in learn.model.parameters())
+
+
 OPTIMIZERS = {'adam': Adam, 'ranger': ranger}  # ranger: fastai's RAdam with Lookahead (an average of recent weights)
 
 
 def learner_for(cfg, dls, cbs=(), n_in=1):
-    """The config's learner: architecture, pretrained or not; label smoothing, fastai's `MixUp` or `CutMix`, and
-    the optimizer (`OPTIMIZERS`; None: fastai's default, Adam), as the preset says; mixed precision on an NVIDIA GPU
+    """The config's learner: architecture, pretrained or not (`unfreeze`: see `unfreeze_pretrained`); label smoothing,
+    fastai's `MixUp` or `CutMix`, the optimizer (`OPTIMIZERS`; None: Adam), as the preset says; fp16 on an NVIDIA GPU
     if the preset says so; on a CPU, the `CPUSpeedups` that `cpu_settings` measured to pay here (unless
     `cfg['speedups']` is False). An Apple GPU (MPS) is left as fastai sets it up."""
     cbs = [c for c in [*cbs, mixing_callback(cfg.get('mix'))] if c]
@@ -152,6 +164,7 @@ def learner_for(cfg, dls, cbs=(), n_in=1):
     learn = make_learner(dls, cfg['arch'], pretrained=cfg['pretrained'], n_in=n_in, cbs=cbs or None,
                          loss_func=LabelSmoothingCrossEntropyFlat() if cfg.get('label_smoothing') else None,
                          opt_func=OPTIMIZERS[opt])
+    if cfg.get('unfreeze'): unfreeze_pretrained(learn)
     if cfg['fp16'] and use_fp16(): learn.to_fp16()
     elif not on_gpu() and cfg.get('speedups', True): learn.add_cb(CPUSpeedups(**cpu_settings(learn)))
     return bars_or_lines(learn)
@@ -258,7 +271,7 @@ def run_training(cfg, data=None, log=print, cbs=(), test=True, valid_idx=None):
     else: final = plain
     learn.members = members
     return dict(test_accuracy=final['test'], valid_accuracy=final['valid'], tta=bool(cfg.get('tta')),
-                without_tta=plain, members=each, history=hist,
+                without_tta=plain, members=each, history=hist, trainable=round(trainable_share(learn), 4),
                 seconds=round(seconds, 1), images_per_second=round(n_seen / seconds, 1), device=device_name(),
                 computes=speed_summary(learn), torch_threads=torch.get_num_threads(),
                 cpu_cores=os.cpu_count(), versions=versions(), lr=float(lr), weights=learn.weights,

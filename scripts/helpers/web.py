@@ -21,7 +21,7 @@ code point, and `top` says how many answers to show.
 Uses: inference, page (the font, the training examples, the canvas and brush; not Gradio)."""
 from __future__ import annotations
 
-import hashlib, io, json, os, warnings
+import copy, hashlib, io, json, os, warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ import torch
 from fastai.vision.augment import RandomResizedCropGPU, RandTransform, Resize
 from PIL import Image
 
-from .inference import INK_LEVEL, MIN_CONTRAST, InputError, label_text, model_kind, probabilities
+from .inference import INK_LEVEL, MIN_CONTRAST, InputError, label_text, model_device, model_kind, probabilities
 from . import page
 
 FORMAT = 1             # model.json's format; the page refuses another
@@ -45,12 +45,12 @@ class ExportError(InputError):
 
 class PageModel(torch.nn.Module):
     """The learner's model between the page's pixels and its probabilities: uint8 (1, 1, S, S) -> /255, the
-    learner's Normalize, the model, softmax."""
+    learner's Normalize, the model, softmax. Its tensors are made where the model is."""
     def __init__(self, model, div, mean, std):
         super().__init__()
-        self.model, self.div = model, float(div)
-        self.register_buffer('mean', torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1))
-        self.register_buffer('std', torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1))
+        self.model, self.div, device = model, float(div), next(model.parameters()).device
+        self.register_buffer('mean', torch.as_tensor(mean, dtype=torch.float32, device=device).reshape(1, -1, 1, 1))
+        self.register_buffer('std', torch.as_tensor(std, dtype=torch.float32, device=device).reshape(1, -1, 1, 1))
 
     def forward(self, pixels):
         return self.model((pixels.float() / self.div - self.mean) / self.std).softmax(-1)
@@ -83,9 +83,11 @@ def page_model(learn):
 
 
 def export_onnx(learn, path):
-    "The learner as a fixed-shape ONNX graph (uint8 pixels in, probabilities out) at `path`; returns the bytes."
+    """The learner as a fixed-shape ONNX graph (uint8 pixels in, probabilities out) at `path`; returns the bytes. A model
+    on a GPU is exported from a CPU copy (the page runs on a CPU), and the learner's own model stays where it is."""
     size = input_size(learn)
     wrapper, _ = page_model(learn)
+    if model_device(learn).type != 'cpu': wrapper = copy.deepcopy(wrapper).cpu()
     example = torch.zeros(1, 1, size, size, dtype=torch.uint8)
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
