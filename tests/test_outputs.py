@@ -2,7 +2,7 @@
 
 The committed notebooks are checked as they are; the checks and the cleaning are also run on small notebooks made
 here, each with the fault it must catch, so that every check is seen to fail."""
-import base64, copy, json, re, struct, zlib
+import base64, copy, json, os, re, struct, zlib
 
 import execute_notebooks as ex
 import helpers as h
@@ -33,7 +33,7 @@ def notebook(*code, name='99_tiny.ipynb'):
 def as_executed(nb):
     "What execute_notebooks.py records: the run, and each code cell's source hash."
     nb = copy.deepcopy(nb)
-    nb['metadata']['kuzushiji'] = {'date': '2026-01-01', 'hardware': 'a test', 'versions': {'python': '3'}}
+    nb['metadata']['kuzushiji'] = {'date': '2026-01-01', 'hardware': 'a test', 'seconds': 125, 'versions': {'python': '3'}}
     for c in nb['cells']:
         if c['cell_type'] == 'code': c['metadata']['source_hash'] = nbsync.source_hash(c['source'])
     return nb
@@ -204,3 +204,12 @@ def test_committed_07_chose_the_best_cpu_preset_by_its_own_rule():
     assert (cfg['ensemble'] > 1) == (ens[2] == 'the ensemble')
     minutes = float(re.search(r'on 54,000 images: validation [\d.]+% on a random slice; ([\d.]+) minutes', out['final'])[1])
     assert minutes <= 20, minutes  # the preset's budget, as measured in the committed run
+
+
+def test_the_line_under_the_badges_says_how_the_run_computed_and_how_long_it_took():
+    run_ = {'date': '2026-01-01', 'hardware': '2 cores of an AMD EPYC, no GPU, AVX2 kernels (held to them), float32 only, '
+            'no bfloat16', 'seconds': 125, 'versions': {'python': '3.11.7', 'fastai': '2.8.8'}}
+    line = nbsync.provenance(run_)
+    assert 'AVX2 kernels (held to them), float32 only' in line and 'in 2 min 5 s, top to bottom' in line, line
+    assert 'top to bottom' not in nbsync.provenance({k: v for k, v in run_.items() if k != 'seconds'})  # older runs
+    assert ex.hardware().startswith(f'{len(os.sched_getaffinity(0))} cores of ') and ' kernels' in ex.hardware()

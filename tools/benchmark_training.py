@@ -9,7 +9,14 @@ is timed by benchmark_loaders.py, the whole fastai epoch by profile_epoch.py). T
 model fastai's typed tensors, as fastai's loop does; the others plain tensors, as `helpers.CPUSpeedups` does. The configurations take turns,
 a few steps each, several rounds, so that a neighbour's load hits them alike; the median round counts.
 torch.compile's first steps compile: their time is reported apart, with the number of images after which the
-faster steps pay it back. The load average is recorded with every run: other work on the machine slows it."""
+faster steps pay it back. The load average is recorded with every run: other work on the machine slows it.
+
+    python tools/benchmark_training.py --reference      # the reference workload alone: how fast is this CPU?
+
+The reference workload is a yardstick for comparing machines, not a recipe: 250 float32 training steps (SGD) of a
+5-layer CNN of width 16 with two stride-2 convolutions, plain PyTorch, batch 128 of 28x28 noise, 2 threads, the
+default memory format and allocator. A time measured on one machine carries to another as a multiple of it
+(RESEARCH.md, "Training speed without bfloat16")."""
 import argparse, os, statistics, sys, tempfile, time
 from pathlib import Path
 
@@ -57,6 +64,36 @@ class Runner:
         finally: torch.set_num_threads(default)
 
 
+REFERENCE_STEPS, REFERENCE_THREADS = 250, 2
+
+
+def reference_model():
+    "The reference workload's network: four 3x3 convolutions of width 16 (two of stride 2) with BatchNorm, then a linear layer."
+    from torch import nn
+    conv = lambda c_in, stride: [nn.Conv2d(c_in, 16, 3, stride, 1), nn.BatchNorm2d(16), nn.ReLU()]
+    return nn.Sequential(*conv(1, 1), *conv(16, 2), *conv(16, 1), *conv(16, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(16, 10))
+
+
+def reference_seconds(steps=REFERENCE_STEPS, threads=REFERENCE_THREADS, rounds=3):
+    "Seconds for the reference workload (see the module's docstring): the fastest of `rounds` runs, after a warm-up."
+    default = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        m = reference_model().train()
+        opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+        x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
+        def run(n):
+            t = time.perf_counter()
+            for _ in range(n):
+                torch.nn.functional.cross_entropy(m(x), y).backward(); opt.step(); opt.zero_grad()
+            return time.perf_counter() - t
+        run(10)
+        return min(run(steps) for _ in range(rounds))
+    finally: torch.set_num_threads(default)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0], epilog=__doc__.split('\n', 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,9 +105,19 @@ def main(argv=None):
     p.add_argument('--threads', type=int, help="torch's thread count for the run (default: torch's choice)")
     p.add_argument('--skip', nargs='*', default=[], choices=list(CONFIGS), metavar='CONFIG',
                    help=f"configurations to leave out, of: {', '.join(repr(c) for c in CONFIGS)}")
+    p.add_argument('--reference', action='store_true', help='time the reference workload only (see above)')
     p.add_argument('--out')
     a = p.parse_args(argv)
     if h.on_gpu(): print('This benchmark is for the CPU; on a GPU, see tools/benchmark_loaders.py --arch.'); return 1
+    if a.reference:
+        res = dict(reference_seconds=round(reference_seconds(), 2), device=h.device_name(), cpu_cores=os.cpu_count(),
+                   cpu_capability=torch.backends.cpu.get_cpu_capability(), cpu_bf16=h.cpu_has_bf16(),
+                   torch=torch.__version__, load_before=load())
+        print(f"reference workload: {res['reference_seconds']:.1f} s ({REFERENCE_STEPS} float32 steps, batch 128, "
+              f"{REFERENCE_THREADS} threads) on {res['device']}, {res['cpu_capability']} kernels; load average "
+              f"{res['load_before']}")
+        if a.out: h.write_json(res, a.out)
+        return 0
     if a.threads: torch.set_num_threads(a.threads)
     cache = tempfile.TemporaryDirectory()  # removed at exit
     os.environ['TORCHINDUCTOR_CACHE_DIR'] = cache.name  # time a first compilation, not a hit in an earlier run's cache

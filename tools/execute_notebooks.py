@@ -50,10 +50,16 @@ def pick(names):
 
 
 def hardware():
+    """The machine, as the line under the badges names it; for a CPU, also how it computes: bfloat16 in hardware
+    (which `cpu_settings` may choose) or float32 only, and the kernels PyTorch may use, which `ATEN_CPU_CAPABILITY` and
+    `ONEDNN_MAX_CPU_ISA` can hold to a laptop's (AVX2, no AVX-512)."""
     import torch
     if torch.cuda.is_available(): return f'one {torch.cuda.get_device_name(0)} GPU'
     cpu = re.sub(r'\((R|TM)\)', '', h.device_name())  # 'Intel(R) Xeon(R) Processor' reads as 'Intel Xeon Processor'
-    return f'{len(os.sched_getaffinity(0))} cores of an {cpu}, no GPU'
+    isa = torch.backends.cpu.get_cpu_capability()
+    held = ' (held to them)' if os.environ.get('ATEN_CPU_CAPABILITY') or os.environ.get('ONEDNN_MAX_CPU_ISA') else ''
+    math = 'bfloat16 in hardware' if h.cpu_has_bf16() else 'float32 only, no bfloat16'
+    return f'{len(os.sched_getaffinity(0))} cores of an {cpu}, no GPU, {isa} kernels{held}, {math}'
 
 
 def final_state(text):
@@ -134,20 +140,22 @@ def problems(text, name):
 
 def execute(path, timeout, data=None):
     """Run one notebook and return the text to commit, or exit with what went wrong. `data`: what it ran on, when
-    that is not the full real data set (shown under the badges)."""
+    that is not the full real data set (shown under the badges). Its run time, top to bottom, is recorded too."""
     nb = nbformat.read(str(path), as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name='python3', record_timing=False,
                             resources={'metadata': {'path': str(nbsync.NOTEBOOKS)}})
     env = {**os.environ, 'MPLBACKEND': 'module://matplotlib_inline.backend_inline',  # figures as PNG outputs
            # tqdm warns on import that ipywidgets is missing: the notebooks show no tqdm bar, and Colab has ipywidgets
            'PYTHONWARNINGS': 'ignore:IProgress not found'}
+    start = time.time()
     try: client.execute(env=env)
     except CellExecutionError as e:
         sys.exit(f'{path.name} failed; its file is left as it was.\n{e}')
     for c in nb.cells:
         if c.cell_type == 'code': c.metadata['source_hash'] = nbsync.source_hash(c.source)
     nb.metadata['kuzushiji'] = {'date': datetime.date.today().isoformat(), 'hardware': hardware(),
-                                'versions': h.versions(), **({'data': data} if data else {})}
+                                'seconds': round(time.time() - start), 'versions': h.versions(),
+                                **({'data': data} if data else {})}
     nb = json.loads(nbformat.writes(nb))
     clean(nb, path.name)
     text = nbsync.canonical(nb, path.name)

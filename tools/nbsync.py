@@ -68,9 +68,10 @@ def provenance(run):
     "The line under the badges that says where a notebook's outputs came from (`run`: its `kuzushiji` metadata)."
     names = {'python': 'Python', 'torch': 'torch', 'fastai': 'fastai', 'fastcore': 'fastcore', 'numpy': 'NumPy'}
     v = ', '.join(f'{names[k]} {run["versions"][k]}' for k in names if k in run['versions'])
+    took = f' in {run["seconds"] // 60} min {run["seconds"] % 60} s, top to bottom' if 'seconds' in run else ''
     return (f'*The outputs below come from a {"run" if run.get("data") else "full-size run"} on '
             f'{run.get("data") or "the real data"} ({run["date"]}, '
-            f'{run["hardware"]}; {v}), made by `tools/execute_notebooks.py`.*')
+            f'{run["hardware"]}; {v}), made by `tools/execute_notebooks.py`{took}.*')
 
 
 def lines(text): return text.splitlines(keepends=True)
