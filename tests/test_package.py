@@ -9,7 +9,7 @@ from conftest import ROOT, synthetic_kmnist
 
 PKG = ROOT / 'scripts' / 'helpers'
 ORDER = ['settings', 'catalogue', 'archives', 'cleaning', 'downloads', 'arrays', 'dataloaders', 'plots', 'lr',
-         'tracking', 'presets', 'recipes', 'training', 'validation', 'calligraphy', 'kanji', 'longtail', 'kanji_training',
+         'tracking', 'speed', 'presets', 'recipes', 'training', 'validation', 'calligraphy', 'kanji', 'longtail', 'kanji_training',
          'inference', 'page', 'app', 'web']  # bottom to top, as helpers/__init__.py lists them
 
 

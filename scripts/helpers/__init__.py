@@ -10,6 +10,7 @@
     plots        examples per class, class balance, the downloaded files
     lr           lr_find with the article's rule, the raw and smoothed losses
     tracking     Weights & Biases, offline by default
+    speed        the fastest way to train on this CPU, measured: channels_last, bfloat16 where it pays
     presets      each recipe's settings by name, and one run's config
     recipes      beyond the article: augmentation for brush strokes, random erasing, mixup, scoring with TTA and ensembles
     training     models, learners, one reproducible run of a preset, export, the batch-size study's plot
@@ -43,9 +44,9 @@ from .tracking import SeededWandbCallback, finish_wandb, start_wandb, wandb_logg
 from .presets import CALLIGRAPHY_PRESETS, KANJI_PRESETS, PRESETS, auto_preset, make_config
 from .recipes import (ElasticWarp, EraseStrokes, Stretch, StrokeWidth, brush_augment, get_probs, hard_cases, mixing_callback,
                       plot_hard_cases, score, scores)
-from .training import (ARCHS, CPUSpeedups, cpu_settings, export, history, kmnist_cnn, kmnist_cnn_deep, kmnist_cnn_wide,
-                       learner_for, load_for, make_learner, pick_lr, plot_batch_size_study, run_training, speed_summary,
-                       trainable_share, unfreeze_pretrained)
+from .speed import CPUSpeedups, cpu_settings, speed_summary
+from .training import (ARCHS, export, history, kmnist_cnn, kmnist_cnn_deep, kmnist_cnn_wide, learner_for, load_for,
+                       make_learner, pick_lr, plot_batch_size_study, run_training, trainable_share, unfreeze_pretrained)
 from .validation import test_like_split, test_likeness
 from .calligraphy import SeenSizes, calligraphy_dls, calligraphy_folder, limit_per_class, progressive_resizing
 from .kanji import char_of, code_point, kanji_files, kanji_label, load_kanji, split_parts

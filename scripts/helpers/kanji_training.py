@@ -7,7 +7,7 @@ put on the model as its last layer, and the reject threshold. Two ways, as noteb
   test set is read once, at the end: the scores the README reports;
 - `train_on='all'` (preset `cpu`): the same recipe on every image, validation and test included, for the model that
   goes to work; the threshold is the one `cpu-check` chose (kept in the preset), and no held-out score exists.
-Uses: settings, dataloaders, kanji, longtail, training."""
+Uses: settings, dataloaders, kanji, longtail, speed, training."""
 from __future__ import annotations
 
 import time
@@ -22,7 +22,8 @@ from .dataloaders import char_augment, kmnist_dls, test_dl
 from .kanji import load_kanji
 from .settings import device_name, on_gpu, set_seed, versions
 from .tracking import bars_or_lines
-from .training import CPUSpeedups, cpu_settings, kmnist_cnn, speed_summary
+from .speed import CPUSpeedups, cpu_settings, speed_summary
+from .training import kmnist_cnn
 
 
 def kanji_cnn(n_out, widths=(32, 64, 128), blocks=(1, 1, 1)):

@@ -2,7 +2,7 @@
 
 A model is trained to tell training images from test images. If it cannot (ROC AUC 0.5), the two look alike
 and a random validation slice is as good as any; if it can, the training images it most takes for test images
-make a validation set that predicts the test score better. Uses: settings, dataloaders, training."""
+make a validation set that predicts the test score better. Uses: settings, dataloaders, speed, training."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +11,8 @@ from sklearn.metrics import roc_auc_score
 
 from .dataloaders import ArrayDataset, ArrayDL, image_stats
 from .settings import cpu_has_bf16, on_gpu, set_seed
-from .training import CPUSpeedups, kmnist_cnn
+from .speed import CPUSpeedups
+from .training import kmnist_cnn
 
 
 def test_likeness(train_x, test_x, epochs=2, lr=1e-2, seed=42):
