@@ -39,24 +39,33 @@ def font_css(text):
     to the theme's fonts, and the characters it lacks to the computer's: IPAexGothic is a Japanese font, with every
     hiragana but not the simplified Chinese 书 of two calligraphy styles' names. As the IPA Font License asks of a
     derived font, it is renamed and keeps its copyright and licence. No such characters in `text`: no CSS."""
+    chars, data = subset_font(text)
+    if not chars: return ''
+    ranges = ', '.join(f'U+{ord(c):04X}' for c in chars)
+    stacks = ' '.join(f"--{var}: '{PAGE_FONT}', {fonts};" for var, fonts in THEME_FONTS.items())
+    return (f"@font-face {{ font-family: '{PAGE_FONT}'; unicode-range: {ranges}; "
+            f"src: url(data:font/ttf;base64,{base64.b64encode(data).decode()}) format('truetype'); }}\n"
+            f":root, .gradio-container {{ {stacks} }}\n")
+
+
+def subset_font(text, flavor=None):
+    """IPAexGothic cut to the characters of `text` from U+2E80 on that it has, renamed as its licence asks:
+    (those characters sorted, the font's bytes; TrueType, or `flavor` 'woff2')."""
     import matplotlib_fontja
     from fontTools import subset
     from fontTools.ttLib import TTFont
     font = TTFont(Path(matplotlib_fontja.__file__).parent / 'fonts' / 'ipaexg.ttf')
     chars = sorted({ch for ch in text if ord(ch) >= 0x2E80 and ord(ch) in font.getBestCmap()})
-    if not chars: return ''
+    if not chars: return [], b''
     cut = subset.Subsetter(subset.Options(hinting=False, layout_features=[], name_IDs=[0, 1, 2, 4, 6, 13, 14]))
     cut.populate(text=''.join(chars)); cut.subset(font)
     # The IPA Font License: a derived font keeps the copyright and licence (name IDs 0, 13, 14) and takes another
     # name (family, full and PostScript names: 1, 4, 6)
     for name_id, name in ((1, PAGE_FONT), (4, PAGE_FONT), (6, PAGE_FONT.replace(' ', '-'))):
         font['name'].setName(name, name_id, 3, 1, 0x409)
+    font.flavor = flavor
     buf = io.BytesIO(); font.save(buf)
-    ranges = ', '.join(f'U+{ord(c):04X}' for c in chars)
-    stacks = ' '.join(f"--{var}: '{PAGE_FONT}', {fonts};" for var, fonts in THEME_FONTS.items())
-    return (f"@font-face {{ font-family: '{PAGE_FONT}'; unicode-range: {ranges}; "
-            f"src: url(data:font/ttf;base64,{base64.b64encode(buf.getvalue()).decode()}) format('truetype'); }}\n"
-            f":root, .gradio-container {{ {stacks} }}\n")
+    return chars, buf.getvalue()
 
 
 def as_label(preds):
