@@ -6,8 +6,11 @@ const BUILD = 'dev';
 const FILES = [];
 const CACHE = `kuzushiji-${BUILD}`;
 
+// The page has just fetched these files: 'no-cache' asks the server whether they changed (a 304 answer carries no
+// bytes) instead of downloading them twice, and never takes an older build's copy from the browser's HTTP cache
 self.addEventListener('install', event => {
-  event.waitUntil(caches.open(CACHE).then(cache => cache.addAll(FILES)).then(() => self.skipWaiting()));
+  event.waitUntil(caches.open(CACHE).then(cache => cache.addAll(FILES.map(f => new Request(f, {cache: 'no-cache'}))))
+    .then(() => self.skipWaiting()));
 });
 
 self.addEventListener('activate', event => {
