@@ -54,7 +54,7 @@ def subset_font(text, flavor=None):
     import matplotlib_fontja
     from fontTools import subset
     from fontTools.ttLib import TTFont
-    font = TTFont(Path(matplotlib_fontja.__file__).parent / 'fonts' / 'ipaexg.ttf')
+    font = TTFont(Path(matplotlib_fontja.__file__).parent / 'fonts' / 'ipaexg.ttf', recalcTimestamp=False)  # same bytes each time
     chars = sorted({ch for ch in text if ord(ch) >= 0x2E80 and ord(ch) in font.getBestCmap()})
     if not chars: return [], b''
     cut = subset.Subsetter(subset.Options(hinting=False, layout_features=[], name_IDs=[0, 1, 2, 4, 6, 13, 14]))

@@ -293,7 +293,7 @@ def export_page(learn, folder, train=None, test=None, top=3, per_class=None, n_c
         except ExportError:
             (folder / 'model.onnx').unlink(); raise  # nothing half-made left to look like an export
         finally: onnx_file.unlink()
-        quantized.update(method='onnxruntime.quantization.quantize_dynamic, MatMul and Gemm weights int8 per channel',
+        quantized.update(method='onnxruntime.quantization.quantize_dynamic: Conv, MatMul and Gemm weights uint8 per channel',
                          max_drop=MAX_DROP)
     _, norm = page_model(learn)
     shown = page_labels(vocab)
