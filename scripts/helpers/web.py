@@ -191,7 +191,8 @@ def not_sure_below(onnx_file, valid, accuracy=SURE_KANA):
     x, y = valid
     th, coverage, kept = choose_threshold(onnx_probabilities(onnx_file, x), np.asarray(y), accuracy)
     return th, dict(rule=f'longtail.choose_threshold: the lowest top probability at which the answers kept are '
-                         f'{accuracy:.1%} right on validation', images=len(y), answered=coverage, right=kept)
+                         f'{accuracy:.1%} right on validation', images=len(y), answered=coverage,
+                right=None if np.isnan(kept) else kept)  # None: no confidence reaches it (JSON has no NaN)
 
 
 def page_labels(vocab):
