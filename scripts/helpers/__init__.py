@@ -55,5 +55,6 @@ from .kanji_training import kanji_cnn, run_kanji, with_method
 from .inference import (COMMANDS, InputError, NoInk, as_drawing, as_photo, char_input, ink, input_size, is_kmnist_image, kmnist_input,
                         label_text, latency, load_model, model_kind, photo_input, predict, predict_files, prepare_input,
                         probabilities, read_image, top_k)
+from .page import page_labels
 from .web import (ExportError, check_onnx, check_quantized, check_sample, export_onnx, export_page, not_sure_below,
-                  onnx_probabilities, page_labels, quantize)
+                  onnx_probabilities, quantize)

@@ -21,13 +21,14 @@ model.json carries what the page's JavaScript must agree on with Python: the inp
 many answers to show, the ink level and contrast of `helpers.inference`, the canvas and brush of the Gradio app.
 A kanji model (thousands of classes, 32x32) uses the same page by export alone: labels a font lacks show as their
 code point, `top` says how many answers to show, `counts` how many training images each class had. Its weights
-(975k: half in the last layer, 128 x 3,832) are stored in 8 bits, a quarter of the bytes (3.9 MB to 1.05 MB), by
+(975k: half in the last layer, 128 x 3,832) are stored in 8 bits, a quarter of the bytes (3.9 MB to 1.03 MB), by
 onnxruntime's own `quantize_dynamic`; the export ships them only if the top-1 on the test images stays within 0.3
 points of the float model's. Its labels' font comes in files of 256 classes that a browser fetches only for the
-characters it shows (`font_files`), and its training examples in small sheets fetched when an answer needs them. Below `not_sure_below` the page says it is not sure: a kanji model carries the threshold train.py
-chose on validation; for a kana model the export chooses it the same way (`longtail.choose_threshold`), on the
-validation images train.py held out (`valid`), for `sure` right on the answers kept.
-Uses: inference, page (the font, the training examples, the canvas and brush; not Gradio)."""
+characters it shows (`page.font_files`), and its training examples in small sheets fetched when an answer needs them.
+Below `not_sure_below` the page says it is not sure: a kanji model carries the threshold train.py chose on
+validation; for a kana model the export chooses it the same way (`longtail.choose_threshold`), on the validation
+images train.py held out (`valid`), for `sure` right on the answers kept.
+Uses: inference, longtail, page (the labels, the font, the training examples, the canvas and brush; not Gradio)."""
 from __future__ import annotations
 
 import hashlib, io, json, logging, os, warnings
@@ -48,12 +49,6 @@ TOLERANCE = 1e-4       # the largest difference in probability the self-check ac
 MAX_DROP = 0.003       # the 8-bit model's top-1 may move at most 0.3 points from the float model's
 N_QUANT_CHECK = 20_000  # test images the 8-bit check reads at most (Kuzushiji-Kanji's split has 13,108 on the 32 px copy)
 SURE_KANA = 0.999      # a kana model answers where its answers were 99.9% right on validation (module docstring)
-ROWS_PER_SHEET = 256   # classes per examples image (and per font file): a kanji model's 3,832 x 32 px is too tall for one
-KANJI_EXAMPLES = 2     # training images per kanji on the page (the Gradio app shows 3): with the next two, the
-KANJI_EXAMPLE_SIDE = 24  # sheets of all 3,832 classes take 1.2 MB, which with the 8-bit model keeps kanji under 3 MB
-LOCAL_FONTS = ('Hiragino Sans W3', 'HiraginoSans-W3', 'Hiragino Kaku Gothic ProN W3', 'Yu Gothic Regular',
-               'YuGothic-Regular', 'Meiryo', 'MS Gothic', 'Noto Sans CJK JP Regular', 'NotoSansCJKjp-Regular',
-               'Noto Sans JP Regular', 'Source Han Sans JP Regular', 'IPAexGothic')  # a device's own Japanese fonts
 FILES = ('model.onnx', 'model.json', 'font.css')  # and examples*.png or .jpg
 
 
@@ -157,6 +152,7 @@ def quantize(float_file, out_file):
     out_file = Path(out_file); tmp = out_file.with_name(out_file.name + '.tmp')
     m = onnx.load(float_file)
     del m.graph.value_info[:]  # the exporter's intermediate shapes: quantize_dynamic infers its own, and they disagree
+    for node in m.graph.node: del node.metadata_props[:]  # the exporter's notes: stack traces with this machine's paths
     logging.disable(logging.WARNING)  # its advice, logged, to pre-process the model first: the graph is fixed and small
     try:
         quantize_dynamic(m, str(tmp), op_types_to_quantize=['Conv', 'MatMul', 'Gemm'], per_channel=True,
@@ -193,60 +189,6 @@ def not_sure_below(onnx_file, valid, accuracy=SURE_KANA):
     return th, dict(rule=f'longtail.choose_threshold: the lowest top probability at which the answers kept are '
                          f'{accuracy:.1%} right on validation', images=len(y), answered=coverage,
                 right=None if np.isnan(kept) else kept)  # None: no confidence reaches it (JSON has no NaN)
-
-
-def page_labels(vocab):
-    """How each class reads on the page: label_text ('お (o)'); a character that the page's font (IPAexGothic)
-    lacks reads as its code point, 'U+2A6A5', since a computer without a font for it would draw a box."""
-    from fontTools.ttLib import TTFont
-    import matplotlib_fontja
-    cmap = TTFont(Path(matplotlib_fontja.__file__).parent / 'fonts' / 'ipaexg.ttf').getBestCmap()
-    def show(c):
-        c = str(c)
-        missing = [ch for ch in c if ord(ch) >= 0x2E80 and ord(ch) not in cmap]
-        return ' '.join(f'U+{ord(ch):04X}' for ch in c) if missing else label_text(c)
-    return [show(c) for c in vocab]
-
-
-def example_sheets(examples, classes, size, per_class, levels=256):
-    """Training examples as PNG sheets, one row per class (in the order of `classes`, black where a class has none),
-    `per_class` images across, each resized to `size` (LANCZOS) if it is another, at most ROWS_PER_SHEET rows a
-    sheet: [PNG bytes, ...]. `levels=16` stores 16 grey levels in 4 bits a pixel, which halves a kanji model's
-    sheets (measured on Kuzushiji-Kanji: 2 images of 3,832 classes, 1.23 MB at 24 px; WebP at quality 30 and JPEG
-    at 60 took more)."""
-    sheets = []
-    for start in range(0, len(classes), ROWS_PER_SHEET):
-        rows = classes[start:start + ROWS_PER_SHEET]
-        a = np.zeros((len(rows) * size, per_class * size), np.uint8)
-        for r, c in enumerate(rows):
-            for j, img in enumerate(examples.get(str(c), [])[:per_class]):
-                if img.shape != (size, size): img = np.asarray(Image.fromarray(img).resize((size, size), Image.LANCZOS))
-                a[r * size:(r + 1) * size, j * size:(j + 1) * size] = img
-        buf = io.BytesIO()
-        if levels == 256: Image.fromarray(a).save(buf, format='PNG', optimize=True)
-        else:
-            im = Image.fromarray(((a.astype(np.int32) * (levels - 1) + 127) // 255).astype(np.uint8)).convert('P')
-            im.putpalette([v * 255 // (levels - 1) for v in range(levels) for _ in range(3)])
-            im.save(buf, format='PNG', optimize=True, bits=4 if levels <= 16 else 8)
-        sheets.append(buf.getvalue())
-    return sheets
-
-
-def font_files(shown, folder):
-    """The page's font for many labels (a kanji model's): IPAexGothic cut into one WOFF2 file per ROWS_PER_SHEET
-    classes, and font.css with one @font-face for each, its unicode-range those classes' characters. A browser then
-    fetches only the files of the characters it shows, and none where the device has a Japanese font of its own (the
-    `local()` names come first). Returns the CSS."""
-    rules = []
-    for old in folder.glob('font-*.woff2'): old.unlink()
-    for k, start in enumerate(range(0, len(shown), ROWS_PER_SHEET)):
-        chars, data = page.subset_font(' '.join(shown[start:start + ROWS_PER_SHEET]), flavor='woff2')
-        if not chars: continue
-        (folder / f'font-{k}.woff2').write_bytes(data)
-        local = ', '.join(f"local('{name}')" for name in LOCAL_FONTS)
-        rules.append(f"@font-face {{ font-family: '{page.PAGE_FONT}'; unicode-range: "
-                     f"{', '.join(f'U+{ord(c):04X}' for c in chars)}; src: {local}, url(font-{k}.woff2) format('woff2'); }}")
-    return '\n'.join(rules) + '\n'
 
 
 def check_sample(x, n=N_CHECK, seed=0):
@@ -297,21 +239,21 @@ def export_page(learn, folder, train=None, test=None, top=3, per_class=None, n_c
         quantized.update(method='onnxruntime.quantization.quantize_dynamic: Conv, MatMul and Gemm weights uint8 per channel',
                          max_drop=MAX_DROP)
     _, norm = page_model(learn)
-    shown = page_labels(vocab)
+    shown = page.page_labels(vocab)
     (folder / 'font.css').write_text(
         '/* The page\'s font for its Japanese labels: a subset of IPAexGothic (IPA Font License v1.0), made by '
-        'helpers.web.export_page */\n' + (font_files(shown, folder) if kanji else page.font_css(' '.join(shown))),
+        'helpers.web.export_page */\n' + (page.font_files(shown, folder) if kanji else page.font_css(' '.join(shown))),
         encoding='utf-8')
     for old in folder.glob('examples*.png'): old.unlink()
-    per_class = (KANJI_EXAMPLES if kanji else page.N_EXAMPLES) if per_class is None else per_class
+    per_class = (page.KANJI_EXAMPLES if kanji else page.N_EXAMPLES) if per_class is None else per_class
     examples = page.training_examples(vocab, train, per_class) if train is not None and per_class else None
     if kanji and train is not None and per_class:  # a rare kanji has fewer than `per_class`: up to that many
         examples = {c: train[0][np.flatnonzero(train[1] == i)[:per_class]] for i, c in enumerate(vocab)
                     if (train[1] == i).any()}
-    side = KANJI_EXAMPLE_SIDE if kanji else size
+    side = page.KANJI_EXAMPLE_SIDE if kanji else size
     sheets = []
     if examples:
-        for i, img in enumerate(example_sheets(examples, vocab, side, per_class, 16 if kanji else 256)):
+        for i, img in enumerate(page.example_sheets(examples, vocab, side, per_class, 16 if kanji else 256)):
             sheets.append(f'examples{i if i else ""}.png'); (folder / sheets[-1]).write_bytes(img)
     counts = info.get('counts') or (np.bincount(np.asarray(train[1]), minlength=len(vocab)).tolist()
                                      if train is not None else None)
@@ -325,7 +267,7 @@ def export_page(learn, folder, train=None, test=None, top=3, per_class=None, n_c
                ink_level=INK_LEVEL, min_contrast=MIN_CONTRAST, noise_sigmas=NOISE_SIGMAS, canvas=page.CANVAS,
                brush=page.KANJI_BRUSH if kanji else page.BRUSH,
                normalisation=dict(norm, note='inside the graph: the page feeds uint8 pixels'),
-               examples=dict(sheets=sheets, size=side, per_class=per_class, rows_per_sheet=ROWS_PER_SHEET,
+               examples=dict(sheets=sheets, size=side, per_class=per_class, rows_per_sheet=page.ROWS_PER_SHEET,
                              missing=[c for c in vocab if c not in examples],
                              shown=[len(examples.get(c, ())) for c in vocab]) if examples else None,
                check=dict(check, tolerance=TOLERANCE, onnxruntime=_version('onnxruntime')), eight_bit=quantized,
