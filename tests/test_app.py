@@ -100,6 +100,25 @@ def test_api_empty_canvas_and_bad_upload_get_a_message(app, tmp_path):
     assert 'probability' in msg
 
 
+def test_api_reads_a_photo_of_a_character_as_predict_does(app, models, tmp_path):
+    "A photo (grey paper, margins, a turn, grain, blur, JPEG) gets the drawing's preparation; no ink gets a sentence."
+    from gradio_client import Client, handle_file
+    km, _, (x, y), _ = models
+    learn, c = h.load_model(km), Client(app, verbose=False)
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        (tmp_path / f'p{i}.jpg').write_bytes(h.as_photo(x[i], rng))
+        label, seen, msg, gallery = c.predict(handle_file(str(tmp_path / f'p{i}.jpg')), api_name='/read_char_photo')
+        want = h.predict(learn, tmp_path / f'p{i}.jpg')[0]
+        assert label['label'] == h.label_text(want[0]['label']) and msg.startswith('Read as'), msg
+        assert label['confidences'][0]['confidence'] == pytest.approx(want[0]['probability'], abs=1e-4)
+        assert 'examples-row' in gallery
+    Image.new('RGB', (300, 200), (200, 200, 190)).save(tmp_path / 'blank.jpg')  # paper, no ink
+    label, seen, msg, gallery = c.predict(handle_file(str(tmp_path / 'blank.jpg')), api_name='/read_char_photo')
+    assert label is None or not label.get('confidences')
+    assert msg == h.app.NO_INK and seen is None and not gallery
+
+
 def run(script, *args, timeout=600, **kw):
     return subprocess.run([sys.executable, str(ROOT / 'scripts' / script), *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, **kw)
@@ -176,7 +195,7 @@ def test_the_page_brings_a_font_for_its_characters():
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason='needs Debian chromium (.ci/run installs it)')
-def test_the_page_in_a_real_browser(app, tmp_path):
+def test_the_page_in_a_real_browser(app, models, tmp_path):
     from playwright.sync_api import sync_playwright
     SHOTS.mkdir(parents=True, exist_ok=True)
     outside = []
@@ -237,6 +256,15 @@ def test_the_page_in_a_real_browser(app, tmp_path):
         page.click('#drawing-read')  # an empty canvas: a message, no prediction
         page.wait_for_timeout(1500)
         assert page.inner_text('#drawing-message').startswith('Nothing to read')
+        # a photo of one character, read with the same preparation as a drawing
+        (tmp_path / 'char.jpg').write_bytes(h.as_photo(models[2][0][0], np.random.default_rng(4)))
+        page.locator('#drawing-photo input[type=file]').set_input_files(str(tmp_path / 'char.jpg'))
+        page.wait_for_selector('#drawing-photo img')
+        page.click('#drawing-photo-read')
+        want = h.predict(h.load_model(models[0]), tmp_path / 'char.jpg')[0][0]
+        page.wait_for_function("document.querySelector('#drawing-message').innerText.startsWith('Read as "
+                               f"{h.label_text(want['label'])}')", timeout=30_000)
+        page.screenshot(path=SHOTS / '5b-char-photo.png')
         page.get_by_role('tab', name='Upload calligraphy').click()
         photo = tmp_path / 'photo.png'  # synthetic: never a file from the real data set
         im = Image.new('RGB', (320, 240), (235, 225, 200)); ImageDraw.Draw(im).rectangle([100, 60, 220, 180], fill='black')

@@ -119,6 +119,18 @@ def test_the_kanji_api_reads_with_counts_and_examples(kanji_app, kanji_data, tmp
         assert len(shown) == min(h.app.N_KANJI_EXAMPLES, counts[p['label']])  # a class with one image shows one
 
 
+def test_the_kanji_tab_reads_a_photo(kanji_app, tmp_path):
+    "A photo of one kanji (grey paper, a turn, grain, blur, JPEG) gets the drawing's preparation, and the same answer."
+    from gradio_client import Client, handle_file
+    url, learn = kanji_app
+    (tmp_path / 'k.jpg').write_bytes(h.as_photo(synthetic_kanji_image(7, np.random.default_rng(7)), np.random.default_rng(1)))
+    label, seen, msg, gallery = Client(url, verbose=False).predict(handle_file(str(tmp_path / 'k.jpg')),
+                                                                   api_name='/read_kanji_photo')
+    want = h.predict(learn, tmp_path / 'k.jpg', 5)[0]
+    assert [c['label'] for c in label['confidences']] == [h.label_text(p['label']) for p in want]
+    assert msg.startswith(('Read as', '**Not sure.**')) and 'learned from' in gallery
+
+
 def test_the_kanji_api_says_not_sure_below_the_threshold(kanji_app, tmp_path):
     _, learn = kanji_app
     drawing(3).save(tmp_path / 'd.png')

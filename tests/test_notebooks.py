@@ -210,9 +210,16 @@ def test_06_put_it_to_work(nb_env, tmp_path):
     assert re.search(r'stroke width, ink area over half its outline: median [\d.]+ pixels', stats)
     page = text(nb, 'page')  # the static page's export, checked against fastai
     assert re.search(r"model.onnx: \d+ kB for 10 classes. On \d+ test images ONNX Runtime gave fastai's top answer", page), page
+    assert re.search(r'Not sure below [\d.]+: on [\d,]+ validation images it then answers [\d.]+%, [\d.]+% of them right'
+                     r'|No confidence is 99.9% right on the [\d,]+ validation images', page), page  # quick: a weak model
     assert 'model.onnx' in page and 'model.json' in page and (tmp_path / 'out' / 'models' / 'page' / 'model.onnx').is_file()
     bad = text(nb, 'bad')
     assert 'Nothing to read' in bad and 'is not an image' in bad and 'Traceback' not in bad
+    # a photo: the same preparation (the paper's grain left out), the top 3, and photos against clean test images
+    assert len(images(nb, 'photo')) == 1
+    assert re.match(r'(\S \(\w+\): [\d.]+, ){2}\S \(\w+\): [\d.]+\n', text(nb, 'photo')), text(nb, 'photo')
+    assert re.fullmatch(r'40 test characters: [\d.]+% read right as photos, [\d.]+% as the clean images; the same '
+                        r'answer for [\d.]+%\n', text(nb, 'photo-accuracy')), text(nb, 'photo-accuracy')
     shown = ''.join(o.get('data', {}).get('text/html', '') for o in cell(nb, 'app').outputs)
     assert 'http://127.0.0.1:' in shown + text(nb, 'app'), 'the app is shown inline from this computer'
     assert not any('demo.close()' in c.source for c in nb.cells if c.cell_type == 'code')  # Run all leaves it running

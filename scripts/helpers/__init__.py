@@ -23,7 +23,8 @@
     page         what the app's pages show, without Gradio: their font, images as PNG, training examples beside an answer
     app          the Gradio web app around inference (not imported here: `import helpers.app` loads Gradio, which
                  takes seconds that every other notebook and script would pay for nothing)
-    web          the model for the static web page: ONNX export checked against fastai, labels, font, examples
+    web          the model for the static web page: ONNX export checked against fastai, 8 bits checked, labels, font,
+                 examples, the "not sure" threshold
 
 Notebooks and scripts write `import helpers` and `helpers.<name>`: this file only hands the public names on,
 so `helpers.kmnist_dls` is `helpers.dataloaders.kmnist_dls`."""
@@ -53,7 +54,9 @@ from .kanji import char_of, code_point, kanji_files, kanji_label, load_kanji, sp
 from .longtail import (BUCKETS, LogitAdjust, NearestMean, bucket_of, choose_threshold, long_tail_report, reject_curve,
                        report_row, retrain_classifier)
 from .kanji_training import kanji_cnn, run_kanji, with_method
-from .inference import (COMMANDS, InputError, NoInk, as_drawing, char_input, ink, input_size, is_kmnist_image, kmnist_input,
+from .inference import (COMMANDS, InputError, NoInk, as_drawing, as_photo, char_input, ink, input_size, is_kmnist_image, kmnist_input,
                         label_text, latency, load_model, model_kind, photo_input, predict, predict_files, prepare_input,
                         probabilities, read_image, top_k)
-from .web import ExportError, check_onnx, check_sample, export_onnx, export_page, onnx_probabilities, page_labels
+from .page import page_labels
+from .web import (ExportError, check_onnx, check_quantized, check_sample, export_onnx, export_page, not_sure_below,
+                  onnx_probabilities, quantize)

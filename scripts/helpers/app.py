@@ -7,6 +7,9 @@ fills (measured on the test set: 3.0 px, median over images), so 11% of the char
 across 80% of the canvas, as the page asks, gets strokes of that proportion. The page starts with the brush in hand
 (Gradio's sketchpad otherwise waits for a click on its brush tool).
 
+A photo of one character (uploaded, from the camera, or pasted) is read in both character tabs, with the same
+preparation as a drawing (`inference.char_input`): the static page (web/app.js) follows the same steps.
+
 Beside its answer the app shows a few training images of each of its top classes: what the model learned that
 character from, the classical forms (hentaigana included) that share one modern label. So a learner who draws a
 modern は sees the brush forms the model also reads as は, and can check the model, as KuLA shows example images per
@@ -31,6 +34,8 @@ from .page import (BRUSH, CANVAS, EXAMPLE_SIZE, KANJI_BRUSH, N_EXAMPLES, N_KANJI
 
 N_KANJI = 5  # the kanji tab's answers
 EMPTY = 'Nothing to read yet: draw a character on the canvas, then press **Read it**.'
+NO_PHOTO = 'No photo yet: take or upload a photo of one character, dark ink on light paper, then press **Read the photo**.'
+NO_INK = 'There is no ink on this picture: take or upload a photo of one character, dark ink on light paper.'
 # Take the sketchpad's brush tool once the page has loaded, after every Clear (which puts it down again) and when its
 # tab is opened, so that the first stroke draws: retried until the button exists and is highlighted.
 SELECT_BRUSH = """() => { const pick = (n) => {
@@ -48,16 +53,17 @@ def select_brush(pad): return SELECT_BRUSH % pad
 def clear_canvas(pad): return CLEAR_CANVAS % (pad, select_brush(pad))
 
 
-def read_drawing(learn, editor, k=3, examples=None):
-    """Gradio handler for the sketchpad: (label dict, the 28x28 image the model saw, message, training examples of
-    the top classes as HTML; `examples` as `example_html` takes them). An empty canvas gives no prediction and a
-    message saying what to do."""
+def read_drawing(learn, editor, k=3, examples=None, photo=False):
+    """Gradio handler for the sketchpad, or with `photo=True` for a photo of one character (the same preparation,
+    `char_input`): (label dict, the 28x28 image the model saw, message, training examples of the top classes as
+    HTML; `examples` as `example_html` takes them). An empty canvas, or a photo with no ink, gives no prediction and
+    a message saying what to do."""
     img = editor.get('composite') if isinstance(editor, dict) else editor
-    if img is None: return None, None, EMPTY, ''
+    if img is None: return None, None, NO_PHOTO if photo else EMPTY, ''
     try:
         preds, x = predict(learn, img, k)
     except InputError as e:
-        return None, None, EMPTY if isinstance(e, NoInk) else str(e), ''
+        return None, None, (NO_INK if photo else EMPTY) if isinstance(e, NoInk) else str(e), ''
     best = preds[0]
     return (as_label(preds), seen_image(x), f"Read as **{label_text(best['label'])}**, probability {best['probability']:.2f}.",
             example_html(examples, preds))
@@ -74,16 +80,16 @@ def read_photo(learn, img, k=3):
     return as_label(preds), f"Read as **{label_text(best['label'])}**, probability {best['probability']:.2f}."
 
 
-def read_kanji(learn, editor, k=N_KANJI, examples=None):
-    """Gradio handler for the kanji sketchpad: (label dict, the 32x32 image the model saw, message, training images
-    and counts of the top classes as HTML). Below the confidence chosen on validation (`learn.long_tail`) the message
-    says the model is not sure, and gives its best guess."""
+def read_kanji(learn, editor, k=N_KANJI, examples=None, photo=False):
+    """Gradio handler for the kanji sketchpad, or a photo with `photo=True`: (label dict, the 32x32 image the model
+    saw, message, training images and counts of the top classes as HTML). Below the confidence chosen on validation
+    (`learn.long_tail`) the message says the model is not sure, and gives its best guess."""
     img = editor.get('composite') if isinstance(editor, dict) else editor
-    if img is None: return None, None, EMPTY, ''
+    if img is None: return None, None, NO_PHOTO if photo else EMPTY, ''
     try:
         preds, x = predict(learn, img, k)
     except InputError as e:
-        return None, None, EMPTY if isinstance(e, NoInk) else str(e), ''
+        return None, None, (NO_INK if photo else EMPTY) if isinstance(e, NoInk) else str(e), ''
     info = getattr(learn, 'long_tail', None) or {}
     counts = dict(zip(map(str, learn.dls.vocab), info.get('counts', [])))
     best, below = preds[0], info.get('reject_below')
@@ -94,10 +100,17 @@ def read_kanji(learn, editor, k=N_KANJI, examples=None):
     return as_label(preds), seen_image(x), msg, kanji_example_html(examples, preds, counts)
 
 
+def photo_input(elem_id):
+    """A photo of one character: uploaded, from the camera or pasted; read with the same preparation as a drawing
+    (`helpers.inference.char_input`: polarity from the border, the paper's grain left out, cut to the ink, fitted)."""
+    return gr.Image(type='pil', image_mode=None, sources=['upload', 'webcam', 'clipboard'], height=220,
+                    label='Or a photo of one character (dark ink on light paper)', elem_id=elem_id)
+
+
 def build_app(kmnist=None, calligraphy=None, k=3, examples='auto', kkanji=None, kanji_examples_='auto'):
     """The app as a `gr.Blocks`: a Draw tab for a KMNIST learner, an Upload tab for a calligraphy learner and a Kanji
-    tab for a Kuzushiji-Kanji learner (any may be None). API names for gradio_client: /read_drawing, /read_photo and
-    /read_kanji. `examples`: the training images shown beside an answer (`training_examples`); 'auto' picks them from
+    tab for a Kuzushiji-Kanji learner (any may be None). API names for gradio_client: /read_drawing, /read_photo,
+    /read_kanji, and for a photo of one character /read_char_photo and /read_kanji_photo. `examples`: the training images shown beside an answer (`training_examples`); 'auto' picks them from
     data/kmnist, None shows none; `kanji_examples_` the same for kanji (`kanji_examples`, from data/kkanji)."""
     if kmnist is None and calligraphy is None and kkanji is None:
         raise ValueError('build_app needs a KMNIST, a calligraphy or a Kuzushiji-Kanji model')
@@ -136,6 +149,10 @@ def build_app(kmnist=None, calligraphy=None, k=3, examples='auto', kkanji=None, 
                                 api_visibility='private', js=clear_canvas('drawing'))
                     def read_pad(drawing): return read_drawing(kmnist, drawing, k, examples)  # gradio_client shows the name
                     go.click(read_pad, pad, [label, seen, msg, gallery], api_name='read_drawing')
+                    shot = photo_input('drawing-photo')
+                    def read_char_photo(photo): return read_drawing(kmnist, photo, k, examples, photo=True)
+                    gr.Button('Read the photo', elem_id='drawing-photo-read').click(
+                        read_char_photo, shot, [label, seen, msg, gallery], api_name='read_char_photo')
             if calligraphy is not None:
                 with gr.Tab('Upload calligraphy', id='upload'):
                     gr.Markdown('Upload a photo of Chinese calligraphy to read its style: 楷书 kaishu (regular script), '
@@ -177,6 +194,10 @@ def build_app(kmnist=None, calligraphy=None, k=3, examples='auto', kkanji=None, 
                                  api_visibility='private', js=clear_canvas('kanji-drawing'))
                     def read_kanji_pad(drawing): return read_kanji(kkanji, drawing, N_KANJI, kanji_examples_)
                     kgo.click(read_kanji_pad, kpad, [klabel, kseen, kmsg, kgallery], api_name='read_kanji')
+                    kshot = photo_input('kanji-photo')
+                    def read_kanji_photo(photo): return read_kanji(kkanji, photo, N_KANJI, kanji_examples_, photo=True)
+                    gr.Button('Read the photo', elem_id='kanji-photo-read').click(
+                        read_kanji_photo, kshot, [klabel, kseen, kmsg, kgallery], api_name='read_kanji_photo')
                 kanji_tab.select(None, None, None, js=select_brush('kanji-drawing'))
         if kmnist is not None: demo.load(None, None, None, js=select_brush('drawing'))
         elif kkanji is not None: demo.load(None, None, None, js=select_brush('kanji-drawing'))

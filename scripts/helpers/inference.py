@@ -4,9 +4,10 @@ One pure function per kind of input, each tested on its own (tests/test_inferenc
     read_image      a path, bytes, a PIL image or an array -> a PIL image, shrunk first (JPEG: decoded small),
                     with a one-sentence `InputError` for a missing, non-image, truncated or huge file
     ink             any image -> ink in [0, 1] (1 = ink) whatever the polarity: black on white, white on black,
-                    transparent, RGB, palette, grayscale, EXIF-rotated
+                    transparent, RGB, palette, grayscale, EXIF-rotated; a photo's paper grain left out
     char_input      a drawing or a photo of one character -> the white-on-black uint8 image KMNIST (28x28) and
                     Kuzushiji-Kanji (32x32 for our models) have; `kmnist_input` is it at 28 px
+    as_photo        a data set's image as a photo of ink on paper (margins, a turn, grain, blur, JPEG), to test with
     photo_input     a calligraphy photo -> RGB, shorter side at most 384 px, as notebook 05 trained on
 The rule for `char_input` comes from the data, measured on the 10,000 KMNIST test images: white ink on black;
 the character's box touches the frame on its longer side (98.5% of images: longer side 28 px of 28, no margin;
@@ -38,6 +39,7 @@ MAX_SIDE = 1024        # a drawing or photo is shrunk to this before anything el
 MAX_PIXELS = 20_000 ** 2  # larger than this is refused before decoding, not shrunk (a decompression bomb)
 INK_LEVEL = 0.25       # ink at least this strong counts for the character's box
 MIN_CONTRAST = 0.15    # an image whose ink and paper differ less than this is empty (a blank canvas)
+NOISE_SIGMAS = 3       # a photo's paper grain: levels within 3 standard deviations of the paper's are paper
 PHOTO_SIDE = 384       # notebook 05 trained on copies whose shorter side is at most 384 px (cleaning.prepare)
 COMMANDS = {'kmnist': 'python scripts/train.py --dataset kmnist (or run notebook 04)',
             'calligraphy': 'python scripts/train.py --dataset calligraphy (or run notebook 05)',
@@ -86,15 +88,21 @@ def ink(im):
     """Ink in [0, 1] (1 = ink) as float32, whatever the picture: transparency is composited onto white paper,
     EXIF rotation applied, colour made grey. Polarity comes from the border (paper surrounds a character): light
     border, dark ink (a drawing, a photo of paper) is inverted; dark border, light ink (KMNIST) is kept. The paper's
-    level becomes 0 and the strongest ink 1, so a grey photo of pencil on paper reads like a clean drawing."""
+    level becomes 0 and the strongest ink 1, so a grey photo of pencil on paper reads like a clean drawing. A photo's
+    paper has grain: its spread on the border (the median absolute deviation, x 1.4826 for a standard deviation,
+    robust to a stroke that reaches the edge) sets a floor NOISE_SIGMAS deviations above the paper's level, and
+    only what rises above the floor is ink; a drawing's paper is flat, its floor the paper itself. (web/app.js does
+    the same, step for step.)"""
     g = np.asarray(to_rgb(im).convert('L'), dtype=np.float32) / 255
     b = max(1, min(g.shape) // 20)
     border = np.concatenate([g[:b].ravel(), g[-b:].ravel(), g[:, :b].ravel(), g[:, -b:].ravel()])
     dark = np.median(border) < 0.5
     a, paper = (g, float(np.median(border))) if dark else (1 - g, 1 - float(np.median(border)))
+    edge = border if dark else 1 - border
+    floor = paper + NOISE_SIGMAS * 1.4826 * float(np.median(np.abs(edge - np.float32(paper))))
     top = float(a.max())
-    if top - paper < MIN_CONTRAST: return np.zeros_like(a)
-    return np.clip((a - paper) / (top - paper), 0, 1)
+    if top - floor < MIN_CONTRAST: return np.zeros_like(a)
+    return np.clip((a - floor) / (top - floor), 0, 1)
 
 
 def is_kmnist_image(a, size=28):
@@ -137,6 +145,29 @@ def as_drawing(a, size=260, pos=(70, 70), canvas=400, paper=(0, 0, 0, 0)):
     c = Image.new('RGBA', (canvas, canvas), paper)
     c.paste(Image.new('RGBA', (size, size), (0, 0, 0, 255)), tuple(pos), ink_)
     return c
+
+
+def as_photo(a, rng=None, size=(120, 360)):
+    """A data set's image (white on black) as a photo or scan of one character, JPEG bytes: dark ink on light grey
+    paper, the character `size` pixels tall (random in that range), margins of 15-40% of the photo on each side, a
+    turn of up to 4 degrees, grain, a slight blur, JPEG at quality 70-90. What tools/benchmark_site.py, the tests and
+    notebook 06 read as photos; `rng`: a numpy Generator (default seeded 0)."""
+    from PIL import ImageFilter
+    rng = rng if rng is not None else np.random.default_rng(0)
+    side = int(rng.integers(*size))
+    ink_ = np.asarray(Image.fromarray(np.asarray(a, np.uint8)).resize((side, side), Image.BICUBIC), np.float32) / 255
+    paper, dark = rng.uniform(0.72, 0.9), rng.uniform(0.05, 0.25)
+    l, r, t, b = rng.uniform(0.15, 0.4, 4)
+    w, h = int(side / (1 - l - r)), int(side / (1 - t - b))
+    page = np.full((h, w), paper, np.float32)
+    y0, x0 = int(t * h), int(l * w)
+    page[y0:y0 + side, x0:x0 + side] = paper - (paper - dark) * ink_
+    im = Image.fromarray(np.uint8(np.clip(page, 0, 1) * 255)).rotate(
+        rng.uniform(-4, 4), Image.BICUBIC, fillcolor=int(paper * 255))
+    noisy = np.asarray(im, np.float32) + rng.normal(0, rng.uniform(4, 12), (h, w))
+    im = Image.fromarray(np.uint8(np.clip(noisy, 0, 255).round())).filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.2)))
+    buf = io.BytesIO(); im.convert('RGB').save(buf, format='JPEG', quality=int(rng.integers(70, 91)))
+    return buf.getvalue()
 
 
 def photo_input(src):

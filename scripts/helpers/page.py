@@ -1,5 +1,6 @@
 """What the app's pages show, apart from Gradio: the canvas and brush, the font for their Japanese characters, the model's input and the
-training images beside an answer, as PNG data, and labels with their probabilities. The Gradio app (`app`) and the
+training images beside an answer, as PNG data, and labels with their probabilities; for the static page, the labels
+as shown, the training examples as sheets and a kanji model's font in files fetched when needed. The Gradio app (`app`) and the
 static web page (`web`) share them; importing this module does not load Gradio.
 Uses: arrays, kanji, inference."""
 from __future__ import annotations
@@ -22,6 +23,12 @@ SEEN_SIZE = 28 * SEEN_SCALE
 EXAMPLE_SIZE = 56  # training examples are shown 2x larger
 N_EXAMPLES = 4  # training examples per class
 N_KANJI_EXAMPLES = 3  # training images shown per kanji (a rare one may have fewer)
+ROWS_PER_SHEET = 256   # classes per examples image (and per font file): a kanji model's 3,832 x 32 px is too tall for one
+KANJI_EXAMPLES = 2     # training images per kanji on the page (the Gradio app shows 3): with the next two, the
+KANJI_EXAMPLE_SIDE = 24  # sheets of all 3,832 classes take 1.2 MB, which with the 8-bit model keeps kanji under 3 MB
+LOCAL_FONTS = ('Hiragino Sans W3', 'HiraginoSans-W3', 'Hiragino Kaku Gothic ProN W3', 'Yu Gothic Regular',
+               'YuGothic-Regular', 'Meiryo', 'MS Gothic', 'Noto Sans CJK JP Regular', 'NotoSansCJKjp-Regular',
+               'Noto Sans JP Regular', 'Source Han Sans JP Regular', 'IPAexGothic')  # a device's own Japanese fonts
 
 
 PAGE_FONT = 'Kuzushiji page'  # the family name of the page's own font for its Japanese and Chinese characters
@@ -39,24 +46,33 @@ def font_css(text):
     to the theme's fonts, and the characters it lacks to the computer's: IPAexGothic is a Japanese font, with every
     hiragana but not the simplified Chinese 书 of two calligraphy styles' names. As the IPA Font License asks of a
     derived font, it is renamed and keeps its copyright and licence. No such characters in `text`: no CSS."""
+    chars, data = subset_font(text)
+    if not chars: return ''
+    ranges = ', '.join(f'U+{ord(c):04X}' for c in chars)
+    stacks = ' '.join(f"--{var}: '{PAGE_FONT}', {fonts};" for var, fonts in THEME_FONTS.items())
+    return (f"@font-face {{ font-family: '{PAGE_FONT}'; unicode-range: {ranges}; "
+            f"src: url(data:font/ttf;base64,{base64.b64encode(data).decode()}) format('truetype'); }}\n"
+            f":root, .gradio-container {{ {stacks} }}\n")
+
+
+def subset_font(text, flavor=None):
+    """IPAexGothic cut to the characters of `text` from U+2E80 on that it has, renamed as its licence asks:
+    (those characters sorted, the font's bytes; TrueType, or `flavor` 'woff2')."""
     import matplotlib_fontja
     from fontTools import subset
     from fontTools.ttLib import TTFont
-    font = TTFont(Path(matplotlib_fontja.__file__).parent / 'fonts' / 'ipaexg.ttf')
+    font = TTFont(Path(matplotlib_fontja.__file__).parent / 'fonts' / 'ipaexg.ttf', recalcTimestamp=False)  # same bytes each time
     chars = sorted({ch for ch in text if ord(ch) >= 0x2E80 and ord(ch) in font.getBestCmap()})
-    if not chars: return ''
+    if not chars: return [], b''
     cut = subset.Subsetter(subset.Options(hinting=False, layout_features=[], name_IDs=[0, 1, 2, 4, 6, 13, 14]))
     cut.populate(text=''.join(chars)); cut.subset(font)
     # The IPA Font License: a derived font keeps the copyright and licence (name IDs 0, 13, 14) and takes another
     # name (family, full and PostScript names: 1, 4, 6)
     for name_id, name in ((1, PAGE_FONT), (4, PAGE_FONT), (6, PAGE_FONT.replace(' ', '-'))):
         font['name'].setName(name, name_id, 3, 1, 0x409)
+    font.flavor = flavor
     buf = io.BytesIO(); font.save(buf)
-    ranges = ', '.join(f'U+{ord(c):04X}' for c in chars)
-    stacks = ' '.join(f"--{var}: '{PAGE_FONT}', {fonts};" for var, fonts in THEME_FONTS.items())
-    return (f"@font-face {{ font-family: '{PAGE_FONT}'; unicode-range: {ranges}; "
-            f"src: url(data:font/ttf;base64,{base64.b64encode(buf.getvalue()).decode()}) format('truetype'); }}\n"
-            f":root, .gradio-container {{ {stacks} }}\n")
+    return chars, buf.getvalue()
 
 
 def as_label(preds):
@@ -138,3 +154,57 @@ def kanji_example_html(examples, preds, counts):
                     f'{imgs}</div>')
     return (f'<div><b>What the model learned from</b>: for each of its top {len(preds)}, how many training images it '
             f'had and a few of them</div>' + ''.join(rows))
+
+
+def page_labels(vocab):
+    """How each class reads on the page: label_text ('お (o)'); a character that the page's font (IPAexGothic)
+    lacks reads as its code point, 'U+2A6A5', since a computer without a font for it would draw a box."""
+    from fontTools.ttLib import TTFont
+    import matplotlib_fontja
+    cmap = TTFont(Path(matplotlib_fontja.__file__).parent / 'fonts' / 'ipaexg.ttf').getBestCmap()
+    def show(c):
+        c = str(c)
+        missing = [ch for ch in c if ord(ch) >= 0x2E80 and ord(ch) not in cmap]
+        return ' '.join(f'U+{ord(ch):04X}' for ch in c) if missing else label_text(c)
+    return [show(c) for c in vocab]
+
+
+def example_sheets(examples, classes, size, per_class, levels=256):
+    """Training examples as PNG sheets, one row per class (in the order of `classes`, black where a class has none),
+    `per_class` images across, each resized to `size` (LANCZOS) if it is another, at most ROWS_PER_SHEET rows a
+    sheet: [PNG bytes, ...]. `levels=16` stores 16 grey levels in 4 bits a pixel, which halves a kanji model's
+    sheets (measured on Kuzushiji-Kanji: 2 images of 3,832 classes, 1.23 MB at 24 px; WebP at quality 30 and JPEG
+    at 60 took more)."""
+    sheets = []
+    for start in range(0, len(classes), ROWS_PER_SHEET):
+        rows = classes[start:start + ROWS_PER_SHEET]
+        a = np.zeros((len(rows) * size, per_class * size), np.uint8)
+        for r, c in enumerate(rows):
+            for j, img in enumerate(examples.get(str(c), [])[:per_class]):
+                if img.shape != (size, size): img = np.asarray(Image.fromarray(img).resize((size, size), Image.LANCZOS))
+                a[r * size:(r + 1) * size, j * size:(j + 1) * size] = img
+        buf = io.BytesIO()
+        if levels == 256: Image.fromarray(a).save(buf, format='PNG', optimize=True)
+        else:
+            im = Image.fromarray(((a.astype(np.int32) * (levels - 1) + 127) // 255).astype(np.uint8)).convert('P')
+            im.putpalette([v * 255 // (levels - 1) for v in range(levels) for _ in range(3)])
+            im.save(buf, format='PNG', optimize=True, bits=4 if levels <= 16 else 8)
+        sheets.append(buf.getvalue())
+    return sheets
+
+
+def font_files(shown, folder):
+    """The page's font for many labels (a kanji model's): IPAexGothic cut into one WOFF2 file per ROWS_PER_SHEET
+    classes, and font.css with one @font-face for each, its unicode-range those classes' characters. A browser then
+    fetches only the files of the characters it shows, and none where the device has a Japanese font of its own (the
+    `local()` names come first). Returns the CSS."""
+    rules = []
+    for old in folder.glob('font-*.woff2'): old.unlink()
+    for k, start in enumerate(range(0, len(shown), ROWS_PER_SHEET)):
+        chars, data = subset_font(' '.join(shown[start:start + ROWS_PER_SHEET]), flavor='woff2')
+        if not chars: continue
+        (folder / f'font-{k}.woff2').write_bytes(data)
+        local = ', '.join(f"local('{name}')" for name in LOCAL_FONTS)
+        rules.append(f"@font-face {{ font-family: '{PAGE_FONT}'; unicode-range: "
+                     f"{', '.join(f'U+{ord(c):04X}' for c in chars)}; src: {local}, url(font-{k}.woff2) format('woff2'); }}")
+    return '\n'.join(rules) + '\n'
