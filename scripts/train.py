@@ -19,9 +19,10 @@ without one (a ResNet34 takes hours on a CPU).
 Calligraphy presets: article (ResNet34, 128 px then 256 px, frozen then unfrozen), cpu, quick; --size S trains at
 S then 2S pixels and --epochs sets the unfrozen epochs of each stage.
 Kuzushiji-Kanji presets: cpu-check (notebook 08's CNN at 32 px and the long-tail method it chose, on the training
-part of the split, about 10 minutes of training on 2 CPU cores; reads the test set at the end), cpu (the same recipe
-on every image, for the model that goes to work) and quick; the model exported reads kanji in the app and predict.py,
-and says when it is not sure. Any setting can be overridden."""
+part of the split; reads the test set at the end), cpu (the same recipe on every image, for the model that goes to
+work) and quick. cpu-check and cpu size themselves: up to 8 epochs, as many as fit in 540 s of training on this
+machine, measured on its first batches (--budget 0: all 8, however long). The model exported reads kanji in the app
+and predict.py, and says when it is not sure. Any setting can be overridden."""
 import argparse, sys
 
 import helpers as h
@@ -59,7 +60,10 @@ def main(argv=None):
     p.add_argument('--pretrained', action=argparse.BooleanOptionalAction, help='ImageNet weights (ResNets only)')
     p.add_argument('--n-per-class', type=int, help='calligraphy: train on at most this many images of each style '
                                                    '(0: all of them)')
+    p.add_argument('--budget', type=int, help="kkanji: seconds of network training; the preset trains as many of its "
+                                              "epochs as fit in them here (0: all its epochs, however long they take)")
     a = p.parse_args(argv)
+    if a.budget is not None and a.dataset != 'kkanji': p.error('--budget is for --dataset kkanji')
     if a.dataset == 'calligraphy' and a.arch == 'kmnist_cnn':
         p.error('kmnist_cnn reads 28x28 grayscale characters; for calligraphy choose a ResNet')
     if a.n_per_class is not None and a.dataset != 'calligraphy':
@@ -112,8 +116,9 @@ def kanji(p, a):
     bad = [f'--{n}' for n in ('arch', 'n_per_class', 'pretrained') if getattr(a, n) is not None] + ['--quick'] * a.quick
     if bad: p.error(f"{', '.join(bad)}: not for --dataset kkanji (use --preset quick for a quick run)")
     cfg = h.make_config('kkanji', preset, epochs=a.epochs, bs=a.bs, lr=None if a.lr == 'auto' else a.lr, size=a.size,
-                        seed=a.seed, wandb='off')
-    print(f"kkanji, preset {preset}: {cfg['arch']} at {cfg['size']} px, {cfg['epochs']} epochs, bs {cfg['bs']}, "
+                        seed=a.seed, wandb='off', budget=a.budget)
+    budget = f" (at most; as many as fit in {cfg['budget']} s here)" if cfg.get('budget') else ''
+    print(f"kkanji, preset {preset}: {cfg['arch']} at {cfg['size']} px, {cfg['epochs']} epochs{budget}, bs {cfg['bs']}, "
           f"lr {cfg['lr']}, then {cfg['method']}, on {h.device_name()}", flush=True)
     try: res, learn = h.run_kanji(cfg, a.data)
     except (FileNotFoundError, ValueError, h.DownloadError) as e:  # DataFormatError is a ValueError
@@ -127,7 +132,8 @@ def kanji(p, a):
         print(f"test, plain: {row(res['test'])}\ntest, {res['method']}: {row(res['test_method'])}")
     else: print("trained on every image: no held-out score (--preset cpu-check trains the same recipe on the training "
                 "part and reads the test set)")
-    print(f"{res['seconds']:.0f} s of training, {res['images_per_second']:,.0f} images/s. Results: {a.out}\n"
+    print(f"{res['epochs']} epochs: {res['seconds']:.0f} s of training, {res['images_per_second']:,.0f} images/s, "
+          f"{res['total_seconds']:.0f} s with the features and {res['method']} ({res['computes']}). Results: {a.out}\n"
           f"Model: {model} (try it: python scripts/app.py --kkanji {model})")
     return 0
 

@@ -202,3 +202,48 @@ def test_the_cpu_preset_trains_on_every_image_with_the_checked_threshold(kanji_d
     assert res['n_train'] == 913 and res['test'] is None and res['valid'] is None and res['trained_on'] == 'every image'
     assert learn.long_tail['reject_below'] == 0.37 and sum(learn.long_tail['counts']) == 913
     assert any('no held-out score' in s or 'nothing is held out' in s for s in said), said
+
+
+@pytest.mark.parametrize('batch_s, want', [(1e-4, 3), (5.0, 1), (None, 3)])
+def test_a_budget_sizes_the_epochs_by_the_measured_speed(kanji_data, monkeypatch, batch_s, want):
+    """With a time budget the preset trains as many of its epochs as fit here, measured, and says so: all of them on a
+    fast machine, fewer on one made to look slow (each batch timed at 5 s), never more than the budget allows; without
+    a budget, all of them."""
+    cfg = h.make_config('kkanji', 'quick', epochs=3, crt_epochs=1, budget=None if batch_s is None else 60)
+    if batch_s is not None: monkeypatch.setattr(h.kanji_training, 'batch_seconds', lambda learn: batch_s)
+    said = []
+    res, learn = h.run_kanji(cfg, kanji_data, log=said.append, test=False)
+    assert res['epochs'] == want and len(learn.recorder.values) == want  # fastai's record: one row per epoch trained
+    if batch_s is None: assert res['sized'] is None; return
+    assert res['sized'] == dict(budget=60, batch_seconds=batch_s, epochs_max=3, epochs=want)
+    line = next(s for s in said if s.startswith('time budget 60 s'))
+    assert ('all 3 epochs fit' in line) == (want == 3) and ('1 of the recipe\'s 3 epochs fit' in line) == (want == 1), line
+
+
+def test_the_batch_time_is_measured_on_a_copy_and_leaves_the_learner_alone(kanji_data):
+    "Timing a batch trains a copy of the model and leaves the random generators as they were: a seed still repeats."
+    cfg = h.make_config('kkanji', 'quick', epochs=1)
+    d, dls = h.kanji_training.kanji_data(cfg, kanji_data, log=lambda s: None)
+    h.set_seed(0); learn = h.kanji_training.kanji_learner(cfg, dls)
+    weights = [p.detach().clone() for p in learn.model.parameters()]
+    h.set_seed(5); expected = (np.random.rand(), torch.rand(1).item())
+    h.set_seed(5); s = h.speed.batch_seconds(learn, n_batches=2, warmup=1)
+    assert 0 < s < 60 and (np.random.rand(), torch.rand(1).item()) == expected
+    assert all(torch.equal(a, b) for a, b in zip(weights, learn.model.parameters()))
+    assert h.speed.epochs_within(100, 1.0, 10, 8, valid_s=5, margin=1.0) == 6 and h.speed.epochs_within(1, 1.0, 10, 8) == 1
+
+
+def test_the_held_out_twin_trains_the_epochs_the_model_at_work_would(kanji_data, monkeypatch):
+    "`size_as='all'` (cpu-check) sizes its epochs for every image, as `cpu` trains on, not for its smaller training part."
+    monkeypatch.setattr(h.kanji_training, 'batch_seconds', lambda learn: 1.0)
+    cfg = h.make_config('kkanji', 'quick', epochs=8, crt_epochs=1, bs=32)
+    d, dls = h.kanji_training.kanji_data(cfg, kanji_data, log=lambda s: None)
+    learn = h.kanji_training.kanji_learner(cfg, dls)
+    n_all, n_own = len(d['y']), len(dls.train)
+    valid_s = len(dls.valid_ds) / 32 * h.kanji_training.VALID_SHARE
+    budget = 2.5 * (-(-n_all // 32) * 1.15 + valid_s)  # two and a half epochs of every image
+    own, _ = h.kanji_training.sized_epochs(dict(cfg, budget=budget), learn, lambda s: None, n_all=n_all)
+    twin, sized = h.kanji_training.sized_epochs(dict(cfg, budget=budget, size_as='all'), learn, lambda s: None, n_all=n_all)
+    assert twin == 2 and own > twin and n_own < -(-n_all // 32), (own, twin)
+    assert h.make_config('kkanji', 'cpu-check')['size_as'] == 'all' and 'size_as' not in h.make_config('kkanji', 'cpu')
+    assert h.make_config('kkanji', 'cpu')['budget'] == h.make_config('kkanji', 'cpu-check')['budget']

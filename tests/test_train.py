@@ -283,8 +283,8 @@ def test_the_test_like_set_does_not_hang_on_a_timing(monkeypatch):
     """Which compute mode `cpu_settings` times fastest can change from run to run; the likeness scores, and so the
     test-like validation set that `compare_recipes.py --reuse` matches on, must not change with it."""
     def no_timing(*a, **k): raise AssertionError('test_likeness must not time the CPU')
-    monkeypatch.setattr(h.training, 'step_seconds', no_timing)
-    monkeypatch.setattr(h.training, '_MEASURED', {})  # nothing measured before, in this process
+    monkeypatch.setattr(h.speed, 'step_seconds', no_timing)
+    monkeypatch.setattr(h.speed, '_MEASURED', {})  # nothing measured before, in this process
     (x, _), (x_test, _) = synthetic_kmnist(256, 256)
     first, again = h.test_likeness(x, x_test, epochs=1), h.test_likeness(x, x_test, epochs=1)
     assert np.array_equal(first[0], again[0]) and first[1] == again[1]

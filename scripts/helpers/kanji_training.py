@@ -22,7 +22,7 @@ from .dataloaders import char_augment, kmnist_dls, test_dl
 from .kanji import load_kanji
 from .settings import device_name, on_gpu, set_seed, versions
 from .tracking import bars_or_lines
-from .speed import CPUSpeedups, cpu_settings, speed_summary
+from .speed import CPUSpeedups, batch_seconds, cpu_settings, epochs_within, speed_summary
 from .training import kmnist_cnn
 
 
@@ -51,6 +51,28 @@ def kanji_learner(cfg, dls):
                     metrics=[accuracy, top_k_accuracy])
     if not on_gpu(): learn.add_cb(CPUSpeedups(**cpu_settings(learn)))
     return bars_or_lines(learn)
+
+
+def sized_epochs(cfg, learn, log=print, n_all=None):
+    """The epochs to train: the config's, or, with a time budget (`cfg['budget']`, seconds of network training), as
+    many of them as fit on this machine, from the measured time of a training batch (`speed.batch_seconds`): a laptop
+    that computes in float32 trains fewer epochs than one with bfloat16 in hardware, and says so, rather than run over
+    its budget. With `cfg['size_as'] == 'all'` (`cpu-check`) the epochs are those that `n_all` images, the `cpu`
+    preset's every image, would fit, so that the held-out twin trains as many epochs as the model that goes to work.
+    Returns (epochs, what the sizing measured, or None)."""
+    if not cfg.get('budget'): return cfg['epochs'], None
+    batch_s = batch_seconds(learn)
+    valid_s = len(learn.dls.valid_ds) / learn.dls.train.bs * batch_s * VALID_SHARE
+    n_batches = -(-n_all // learn.dls.train.bs) if cfg.get('size_as') == 'all' and n_all else len(learn.dls.train)
+    epochs = epochs_within(cfg['budget'], batch_s, n_batches, cfg['epochs'], valid_s)
+    log(f"time budget {cfg['budget']} s for training: a batch takes {batch_s:.3f} s here "
+        f"({learn.dls.train.bs / batch_s:,.0f} images/s), so " +
+        (f"all {epochs} epochs fit" if epochs == cfg['epochs'] else
+         f"{epochs} of the recipe's {cfg['epochs']} epochs fit: expect lower accuracy than the README's row"))
+    return epochs, dict(budget=cfg['budget'], batch_seconds=round(batch_s, 4), epochs_max=cfg['epochs'], epochs=epochs)
+
+
+VALID_SHARE = 0.35  # a validation image costs about a third of a training image (forward only): measured on kanji_cnn
 
 
 METHODS = ('none', 'logit-adjust', 'crt', 'ncm')
@@ -93,8 +115,9 @@ def run_kanji(cfg, data=None, log=print, test=True):
     d, dls = kanji_data(cfg, data, log)
     set_seed(cfg['seed'])
     learn = kanji_learner(cfg, dls)
+    epochs, sized = sized_epochs(cfg, learn, log, n_all=len(d['y']))
     t0 = time.time()
-    learn.fit_one_cycle(cfg['epochs'], cfg['lr'])
+    learn.fit_one_cycle(epochs, cfg['lr'])
     seconds = time.time() - t0
     computes = speed_summary(learn)
     if any(isinstance(c, CPUSpeedups) for c in learn.cbs): learn.remove_cb(CPUSpeedups)
@@ -112,6 +135,7 @@ def run_kanji(cfg, data=None, log=print, test=True):
                   key=lambda t: lt.long_tail_report(lt.adjust(base_valid, counts, t), valid[1], counts)['balanced'])
     learn.model = with_method(model, method, counts, train, valid, tau=tau, epochs=cfg.get('crt_epochs', 8),
                               seed=cfg['seed']).eval()
+    trained_in = time.time() - t0  # the network, its features and the long-tail method: the time a budget is about
     with torch.inference_mode(): mv = classifier(learn.model)(valid[0])
     if every:  # the validation images were trained on: the threshold comes from the held-out run (cpu-check)
         threshold, coverage, kept = cfg['reject_below'], None, None
@@ -138,8 +162,9 @@ def run_kanji(cfg, data=None, log=print, test=True):
                 res['reject_test'] = dict(coverage=float(sure.float().mean()),
                                           accuracy=float((pred[sure] == y[sure]).float().mean()) if sure.any() else None)
     learn.long_tail = dict(counts=counts.tolist(), method=method, tau=tau, reject_below=threshold, size=cfg['size'])
-    n_seen = cfg['epochs'] * len(dls.train) * cfg['bs']
-    res.update(seconds=round(seconds, 1), images_per_second=round(n_seen / seconds, 1), device=device_name(),
+    n_seen = epochs * len(dls.train) * cfg['bs']
+    res.update(epochs=epochs, sized=sized, seconds=round(seconds, 1), images_per_second=round(n_seen / seconds, 1),
+               total_seconds=round(trained_in, 1), device=device_name(),
                computes=computes, torch_threads=torch.get_num_threads(), versions=versions(), config=cfg,
                n_train=len(dls.train_ds), n_valid=0 if every else len(dls.valid_ds),
                n_test=int((d['part'] == 2).sum()) if test and not every else 0,

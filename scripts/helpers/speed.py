@@ -89,3 +89,36 @@ def speed_summary(learn):
     "How `learn` computes: 'float32', 'mixed precision (fp16)', 'channels_last + bfloat16' and so on."
     if any(type(c).__name__ == 'MixedPrecision' for c in learn.cbs): return 'mixed precision (fp16)'
     return next((c.text for c in learn.cbs if isinstance(c, CPUSpeedups)), 'float32')
+
+
+def batch_seconds(learn, n_batches=10, warmup=3):
+    """Seconds one training batch of `learn` takes here, as fastai's loop would train it: its DataLoader's batches
+    (augmentation included), its loss, Adam, and its `CPUSpeedups` (channels_last, bfloat16 where chosen), on a copy
+    of its model. The median of `n_batches`, after `warmup`. The learner, its model and the random generators are left
+    as they were, so a seed trains the same model whether or not this ran first. For sizing a run to a time budget."""
+    sp = next((c for c in learn.cbs if isinstance(c, CPUSpeedups)), None)
+    cl, bf = (sp.channels_last, sp.bf16) if sp else (False, False)
+    rng = random.getstate(), np.random.get_state()
+    times = []
+    with torch.random.fork_rng():
+        model = copy.deepcopy(learn.model).train()
+        if cl: model.to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        it = iter(learn.dls.train)
+        for i in range(warmup + n_batches):
+            t = time.perf_counter()
+            xb, yb = next(it)
+            x = xb.as_subclass(torch.Tensor).contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+            with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf): loss = learn.loss_func(model(x).float(), yb)
+            loss.backward(); opt.step(); opt.zero_grad()
+            if i >= warmup: times.append(time.perf_counter() - t)
+    random.setstate(rng[0]); np.random.set_state(rng[1])
+    return float(np.median(times))
+
+
+def epochs_within(budget, batch_s, n_batches, most, valid_s=0., margin=1.15):
+    """How many epochs of `n_batches` batches (`batch_s` seconds each, plus `valid_s` of validation) fit in `budget`
+    seconds, with `margin` for what a batch's timing leaves out (fastai's callbacks, the recorder, a busy machine):
+    at most `most`, at least 1."""
+    epoch = n_batches * batch_s * margin + valid_s
+    return max(1, min(int(most), int(budget // epoch)))
