@@ -316,6 +316,12 @@ def test_08_kuzushiji_kanji(nb_env):
         t = text(nb, tag)
         assert all(f'seed {s}' in t for s in (42, 1, 2)) and 'mean' in t and 'spread' in t, (tag, t)
     assert re.search(r'chosen: tau = [\d.]+', text(nb, 'la'))
+    assert all(re.search(rf'seed {s}: [\d.]+ s of training, computing in \w', text(nb, 'train')) for s in (42, 1, 2))
+    assert re.search(r"images right of [\d,]+: [\d,]+ by fastai's table during training, [\d,]+ by the table below",
+                     text(nb, 'baseline'))
+    assert text(nb, 'split-code').lstrip().startswith('def split_parts(')  # the split's own code, where it is taught
+    assert re.search(r'This notebook ran in [\d.]+ minutes on .+, (with the decoded images already cached|decoding the '
+                     r'PNGs first)', text(nb, 'runtime'))
     # the table's verdicts follow from its numbers and the rule
     table = text(nb, 'tradeoff')
     spread_top1, spread_bal = map(float, re.search(r'top-1 ([\d.]+) points, balanced ([\d.]+)', table).groups())
