@@ -68,7 +68,7 @@ def sized_epochs(cfg, learn, log=print, n_all=None):
     log(f"time budget {cfg['budget']} s for training: a batch takes {batch_s:.3f} s here "
         f"({learn.dls.train.bs / batch_s:,.0f} images/s), so " +
         (f"all {epochs} epochs fit" if epochs == cfg['epochs'] else
-         f"{epochs} of the recipe's {cfg['epochs']} epochs fit: expect lower accuracy than the README's row"))
+         f"{epochs} of the recipe's {cfg['epochs']} epochs fit: expect lower accuracy than with all {cfg['epochs']}"))
     return epochs, dict(budget=cfg['budget'], batch_seconds=round(batch_s, 4), epochs_max=cfg['epochs'], epochs=epochs)
 
 
