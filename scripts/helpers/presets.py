@@ -62,7 +62,8 @@ KANJI_PRESETS = {
     # natural distribution, one-cycle at 1e-2, label smoothing, `char_augment(max_warp=0.)`, then cRT (the long-tail
     # method notebook 08 chose on validation: a last layer retrained on class-balanced batches of the frozen features).
     # Sized by time: up to 8 epochs, as many as fit in `budget` seconds of network training on this machine, from
-    # the measured time of its first batches (`kanji_training.sized_epochs`); the features and cRT add about a minute (76 s in results/kkanji-cpu.json).
+    # the measured time of its first batches (`kanji_training.sized_epochs`); the features and cRT add about a minute
+    # (76 s in results/kkanji-cpu.json).
     # On 2 AMD EPYC cores held to float32 and AVX2, a laptop's kernels, that was 4 epochs for `cpu` and 5 for `cpu-check`
     # (README, "Kuzushiji-Kanji"): a batch's time varies from run to run, and near the edge the count moves by one.
     # More epochs, and twice the width at twice the arithmetic, moved validation past the spread, on one seed each
